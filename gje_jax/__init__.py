@@ -1,0 +1,51 @@
+"""gje_jax: Gaussian Joint Embeddings (GJE) and Gaussian Mixture Joint Embeddings (GMJE) in JAX.
+
+Public API: densities (`GaussianMixture`, `ConditionalMixture`), estimators
+(`fit_gaussian`, `GaussianStats`), information quantities, Cholesky linear algebra
+(`gje_jax.linalg`) and losses (`gje_jax.losses`).
+"""
+
+from gje_jax import linalg, losses
+from gje_jax.gaussian import (
+    GaussianStats,
+    effective_rank,
+    empirical_moments,
+    fit_gaussian,
+    gaussian_entropy,
+    gaussian_mutual_information,
+    ledoit_wolf,
+    regularize,
+)
+from gje_jax.losses import (
+    geometry_term,
+    gje_loss,
+    gmje_contrastive,
+    gmje_loss,
+    infonce,
+    trace_trap_report,
+)
+from gje_jax.mixture import ConditionalMixture, GaussianMixture, component_log_probs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConditionalMixture",
+    "GaussianMixture",
+    "GaussianStats",
+    "component_log_probs",
+    "effective_rank",
+    "empirical_moments",
+    "fit_gaussian",
+    "gaussian_entropy",
+    "gaussian_mutual_information",
+    "geometry_term",
+    "gje_loss",
+    "gmje_contrastive",
+    "gmje_loss",
+    "infonce",
+    "ledoit_wolf",
+    "linalg",
+    "losses",
+    "regularize",
+    "trace_trap_report",
+]

@@ -1,0 +1,174 @@
+"""Single-Gaussian estimates and information quantities (GJE, METHOD sections 1-2).
+
+All results are `GaussianMixture`s with K = 1, so GJE and GMJE share one code path.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from gje_jax import _validation as v
+from gje_jax import linalg
+from gje_jax.mixture import GaussianMixture
+
+DEFAULT_EPS_REL = 1e-4
+DEFAULT_EPS_ABS = 1e-6
+
+
+def _check_batch(z, name: str = "z") -> jax.Array:
+    z = v.as_float(z, name)
+    v.check_rank(z, 2, name, "[N, D]")
+    v.check_nonempty(z.shape[0], f"{name} (shape {tuple(z.shape)})")
+    if z.shape[1] == 0:
+        raise ValueError(f"{name} must have D >= 1 columns, got shape {tuple(z.shape)}.")
+    return z
+
+
+def empirical_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean [D] and biased covariance S = (1/N) sum (z - mu)(z - mu)^T [D, D] of z [N, D]."""
+    z = _check_batch(z)
+    mu = jnp.mean(z, axis=0)
+    r = z - mu
+    return mu, (r.T @ r) / z.shape[0]
+
+
+def regularize(cov: jax.Array, eps_rel: float = DEFAULT_EPS_REL, eps_abs: float = DEFAULT_EPS_ABS) -> jax.Array:
+    """S + eps I with eps = eps_rel * tr(S) / D + eps_abs. cov: [..., D, D].
+
+    The relative ridge makes the estimate scale-equivariant (rescaling z by s rescales
+    the result by s^2 when eps_abs = 0); the absolute ridge keeps a collapsed batch
+    (S = 0) factorisable.
+    """
+    cov = v.as_float(cov, "cov")
+    d = cov.shape[-1]
+    eps = eps_rel * jnp.trace(cov, axis1=-2, axis2=-1) / d + eps_abs
+    return cov + eps[..., None, None] * jnp.eye(d, dtype=cov.dtype)
+
+
+def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Ledoit-Wolf shrinkage of the covariance towards mu I (as sklearn's
+    `covariance.ledoit_wolf` with assume_centered=False).
+
+    Returns (shrunk covariance [D, D], shrinkage [] in [0, 1]).
+    """
+    z = _check_batch(z)
+    n, d = z.shape
+    x = z - jnp.mean(z, axis=0)
+    s = (x.T @ x) / n
+    mu = jnp.trace(s) / d
+    x2 = x * x
+    beta_num = jnp.sum((x2.T @ x2) / n - s * s)
+    delta = jnp.sum(s * s) - 2.0 * mu * jnp.trace(s) + d * mu * mu
+    beta = jnp.minimum(beta_num / n, delta)
+    shrink = jnp.where(delta > 0, beta / jnp.where(delta > 0, delta, 1.0), 0.0)
+    return (1.0 - shrink) * s + shrink * mu * jnp.eye(d, dtype=s.dtype), shrink
+
+
+def fit_gaussian(
+    z: jax.Array,
+    eps_rel: float = DEFAULT_EPS_REL,
+    eps_abs: float = DEFAULT_EPS_ABS,
+    *,
+    shrinkage: str | None = None,
+) -> GaussianMixture:
+    """Empirical Gaussian of a batch, regularised before factorising.
+
+    Gradients flow through the estimate (this is GJE's `batch` estimator).
+
+    Args:
+      z: [N, D] embeddings (N >= 1; N < D and identical rows are fine: the ridge keeps
+        the factor finite).
+      eps_rel, eps_abs: ridge eps = eps_rel * tr(S)/D + eps_abs.
+      shrinkage: None, or 'ledoit_wolf' to shrink S towards a scaled identity first.
+
+    Returns:
+      GaussianMixture with K = 1: log_weights [1], means [1, D], chols [1, D, D].
+    """
+    z = _check_batch(z)
+    if shrinkage is None:
+        mu, s = empirical_moments(z)
+    elif shrinkage == "ledoit_wolf":
+        mu, (s, _) = jnp.mean(z, axis=0), ledoit_wolf(z)
+    else:
+        raise ValueError(f"shrinkage must be None or 'ledoit_wolf', got {shrinkage!r}.")
+    chol = linalg.cholesky(regularize(s, eps_rel, eps_abs))
+    return GaussianMixture(jnp.zeros((1,), z.dtype), mu[None], chol[None])
+
+
+def _single(gaussian: GaussianMixture, what: str) -> GaussianMixture:
+    gaussian.check_shapes()
+    if gaussian.num_components != 1:
+        raise ValueError(f"{what} needs a single Gaussian (K = 1), got K = {gaussian.num_components}; "
+                         "use gm.entropy_per_component() or pick one component.")
+    return gaussian
+
+
+def gaussian_entropy(gaussian: GaussianMixture) -> jax.Array:
+    """Differential entropy D/2 log(2 pi e) + sum log L_ii of a K = 1 mixture. -> []."""
+    return _single(gaussian, "gaussian_entropy").entropy_per_component()[0]
+
+
+def gaussian_mutual_information(gaussian: GaussianMixture, split: int) -> jax.Array:
+    """I(c; t) = 1/2 (log|S_cc| + log|S_tt| - log|S|) of a joint Gaussian, c = z[:split].
+
+    With the joint factor L: log|S| = log|S_cc| + log|L_tt L_tt^T|, so
+    I = sum log diag chol(S_tt) - sum log diag L_tt (one factorisation of S_tt).
+    Equals -1/2 sum log(1 - rho_i^2) over the canonical correlations. -> [].
+    """
+    g = _single(gaussian, "gaussian_mutual_information")
+    split = v.check_split(split, g.dim)
+    l = g.chols[0]
+    rows = l[split:, :]
+    chol_tt = linalg.cholesky(rows @ rows.T)
+    return linalg.half_logdet(chol_tt) - linalg.half_logdet(l[split:, split:])
+
+
+def effective_rank(cov: jax.Array) -> jax.Array:
+    """exp(entropy of the normalised eigenvalues) of a PSD matrix [D, D] -> [] in [1, D].
+
+    A diagnostic (no gradient): it reads eigenvalues, which need no inverse.
+    """
+    cov = jax.lax.stop_gradient(v.as_float(cov, "cov"))
+    ev = jnp.clip(jnp.linalg.eigvalsh(cov), 0.0, None)
+    p = ev / jnp.maximum(jnp.sum(ev), jnp.finfo(ev.dtype).tiny)
+    ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return jnp.exp(ent)
+
+
+@flax.struct.dataclass
+class GaussianStats:
+    """Running (EMA) mean and covariance for GJE's `ema` estimator. A pytree.
+
+    Attributes:
+      mean: [D]; cov: [D, D]; count: [] number of updates so far (0 = empty).
+    """
+
+    mean: jax.Array
+    cov: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def zeros(cls, dim: int, dtype=jnp.float32) -> "GaussianStats":
+        return cls(jnp.zeros((dim,), dtype), jnp.eye(dim, dtype=dtype), jnp.zeros((), jnp.int32))
+
+    def update(self, z: jax.Array, momentum: float) -> "GaussianStats":
+        """EMA step towards the batch moments of z [N, D] (stop-gradient). The first
+        update copies the batch moments instead of blending with the identity prior."""
+        z = jax.lax.stop_gradient(_check_batch(z))
+        if z.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"z has D = {z.shape[1]} but the statistics have D = {self.mean.shape[0]}.")
+        mu_b, cov_b = empirical_moments(z)
+        m = jnp.where(self.count > 0, momentum, 0.0)
+        # Blend second moments about the new mean so the EMA covariance stays PSD.
+        mean = m * self.mean + (1 - m) * mu_b
+        dm_old, dm_new = self.mean - mean, mu_b - mean
+        cov = m * (self.cov + jnp.outer(dm_old, dm_old)) + (1 - m) * (cov_b + jnp.outer(dm_new, dm_new))
+        return GaussianStats(mean, cov, self.count + 1)
+
+    def to_gaussian(self, eps_rel: float = DEFAULT_EPS_REL, eps_abs: float = DEFAULT_EPS_ABS) -> GaussianMixture:
+        """The K = 1 mixture of these statistics (regularised, stop-gradient)."""
+        cov = jax.lax.stop_gradient(regularize(self.cov, eps_rel, eps_abs))
+        return GaussianMixture(jnp.zeros((1,), self.mean.dtype), jax.lax.stop_gradient(self.mean)[None],
+                               linalg.cholesky(cov)[None])

@@ -1,0 +1,15 @@
+"""Losses: each returns (loss [], metrics dict) and is pure and un-jitted."""
+
+from gje_jax.losses.contrastive import gmje_contrastive, infonce
+from gje_jax.losses.gaussian import geometry_term, gje_loss, trace_trap_report
+from gje_jax.losses.mixture import balance_term, gmje_loss
+
+__all__ = [
+    "balance_term",
+    "geometry_term",
+    "gje_loss",
+    "gmje_contrastive",
+    "gmje_loss",
+    "infonce",
+    "trace_trap_report",
+]

@@ -1,0 +1,182 @@
+"""GJE: the single joint Gaussian loss, the geometry term and the trace-trap diagnostic."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gje_jax import _validation as v
+from gje_jax import gaussian as g
+from gje_jax import linalg
+from gje_jax.mixture import GaussianMixture, component_log_probs
+
+ESTIMATORS = ("batch", "ema", "param")
+
+
+def check_views(c, t) -> tuple[jax.Array, jax.Array]:
+    """Casts and checks a pair of views: c [N, d_c], t [N, d_t] with the same N >= 1."""
+    c, t = v.as_float(c, "c"), v.as_float(t, "t")
+    v.check_rank(c, 2, "c", "[N, d_c]")
+    v.check_rank(t, 2, "t", "[N, d_t]")
+    if c.shape[0] != t.shape[0]:
+        raise ValueError(f"c and t must hold the same N pairs, got c {tuple(c.shape)} and t {tuple(t.shape)}.")
+    v.check_nonempty(c.shape[0], f"the batch (c {tuple(c.shape)})")
+    if c.shape[1] == 0 or t.shape[1] == 0:
+        raise ValueError(f"c and t need at least one column each, got c {tuple(c.shape)} and t {tuple(t.shape)}.")
+    return c, t
+
+
+def _half_logdet_of_batch(x, eps_rel, eps_abs):
+    _, s = g.empirical_moments(x)
+    return linalg.half_logdet(linalg.cholesky(g.regularize(s, eps_rel, eps_abs)))
+
+
+def geometry_term(c: jax.Array, t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL,
+                  eps_abs: float = g.DEFAULT_EPS_ABS) -> jax.Array:
+    """G(c, t) = 1/2 log|S_cc,eps| + 1/2 log|S_tt,eps| of the batch covariances of each view.
+
+    Args:
+      c: [N, d_c]; t: [N, d_t].
+
+    Returns:
+      [] float32. Grows by (d_c + d_t) log s when both views are scaled by s
+      (exactly, when eps_abs = 0).
+    """
+    c, t = check_views(c, t)
+    return _half_logdet_of_batch(c, eps_rel, eps_abs) + _half_logdet_of_batch(t, eps_rel, eps_abs)
+
+
+def gje_loss(
+    c: jax.Array,
+    t: jax.Array,
+    *,
+    estimator: str = "batch",
+    density: GaussianMixture | g.GaussianStats | None = None,
+    lambda_geo: float = 1.0,
+    eps_rel: float = g.DEFAULT_EPS_REL,
+    eps_abs: float = g.DEFAULT_EPS_ABS,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_GJE = mean_i -log N(z_i | mu, L L^T) - lambda_geo * G(c, t), z_i = [c_i ; t_i].
+
+    Args:
+      c: [N, d_c] context embeddings; t: [N, d_t] target embeddings.
+      estimator: where (mu, L) come from:
+        'batch': the regularised empirical Gaussian of this batch, with gradients
+          (lambda_geo = 0 here is the naive loss that falls into the trace trap);
+        'ema': `density` holds running statistics (a `GaussianStats` or a K = 1
+          `GaussianMixture`), used under stop-gradient;
+        'param': `density` is a learnable K = 1 `GaussianMixture` (gradients flow).
+      density: see `estimator`; must be None for 'batch'.
+      lambda_geo: weight of the geometry term G; 1 makes the loss scale-invariant.
+      eps_rel, eps_abs: ridge of every covariance estimate.
+
+    Returns:
+      (loss [], metrics) with metrics 'loss', 'nll', 'geometry', 'mahalanobis' (mean
+      squared Mahalanobis distance), 'logdet' (log|Sigma| of the density), 'mi'
+      (Gaussian MI of the batch fit), 'effective_rank' and 'std_mean' of the batch.
+    """
+    c, t = check_views(c, t)
+    z = jnp.concatenate([c, t], axis=-1)
+    batch_fit = None
+    if estimator == "batch":
+        if density is not None:
+            raise ValueError("estimator='batch' fits the density from the batch; pass density=None.")
+        batch_fit = dens = g.fit_gaussian(z, eps_rel, eps_abs)
+    elif estimator in ("ema", "param"):
+        if density is None:
+            raise ValueError(f"estimator={estimator!r} needs `density` (a K = 1 GaussianMixture"
+                             f"{' or GaussianStats' if estimator == 'ema' else ''}).")
+        if isinstance(density, g.GaussianStats):
+            if estimator != "ema":
+                raise ValueError("GaussianStats are running statistics: use estimator='ema'.")
+            dens = density.to_gaussian(eps_rel, eps_abs)
+        else:
+            dens = density
+        dens.check_shapes()
+        if dens.num_components != 1 or dens.dim != z.shape[1]:
+            raise ValueError(f"density must be one Gaussian over D = {z.shape[1]} (d_c + d_t), got K = "
+                             f"{dens.num_components}, D = {dens.dim}.")
+        if estimator == "ema":
+            dens = jax.lax.stop_gradient(dens)
+    else:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
+
+    logp, maha = component_log_probs(z, dens.means, dens.chols)
+    nll = -jnp.mean(logp)
+    geo = geometry_term(c, t, eps_rel=eps_rel, eps_abs=eps_abs) if lambda_geo else jnp.zeros((), z.dtype)
+    loss = nll - lambda_geo * geo
+
+    if batch_fit is None:
+        batch_fit = g.fit_gaussian(jax.lax.stop_gradient(z), eps_rel, eps_abs)
+    batch_fit = jax.lax.stop_gradient(batch_fit)
+    _, s = g.empirical_moments(jax.lax.stop_gradient(z))
+    metrics = {
+        "loss": loss,
+        "nll": nll,
+        "geometry": geo,
+        "mahalanobis": jnp.mean(maha),
+        "logdet": 2.0 * linalg.half_logdet(dens.chols[0]),
+        "mi": g.gaussian_mutual_information(batch_fit, c.shape[1]),
+        "effective_rank": g.effective_rank(s),
+        "std_mean": jnp.mean(jnp.sqrt(jnp.diagonal(s))),
+    }
+    return loss, metrics
+
+
+def trace_trap_report(
+    c: jax.Array,
+    t: jax.Array | None = None,
+    *,
+    eps_rel: float = g.DEFAULT_EPS_REL,
+    eps_abs: float = g.DEFAULT_EPS_ABS,
+) -> dict[str, jax.Array]:
+    """Diagnoses the Mahalanobis Trace Trap of the `batch` estimator on one batch.
+
+    With S fitted to the same batch it scores, mean_i (z_i - mu)^T S_eps^{-1} (z_i - mu)
+    = sum_j s_j / (s_j + eps) (= D when eps = 0, N > D), so it carries (almost) no
+    gradient and the naive loss only shrinks log|S|.
+
+    Args:
+      c: [N, d_c] (or the joint z [N, D] when t is None); t: [N, d_t] or None.
+      eps_rel, eps_abs: the ridge used by the loss.
+
+    Returns:
+      dict of [] float32: 'mahalanobis_mean', 'dim' (D), 'mahalanobis_expected'
+      (sum_j s_j/(s_j + eps) from the eigenvalues), 'grad_norm_mahalanobis' and
+      'grad_norm_logdet' (norms of d/dz of the mean Mahalanobis term and of
+      1/2 log|S_eps|, the two parts of the naive NLL), 'effective_rank', 'std_min',
+      'std_mean' (per-dimension standard deviations of the batch).
+    """
+    if t is None:
+        z = v.as_float(c, "z")
+        v.check_rank(z, 2, "z", "[N, D]")
+    else:
+        c, t = check_views(c, t)
+        z = jnp.concatenate([c, t], axis=-1)
+    z = g._check_batch(z)
+    d = z.shape[1]
+
+    def maha_mean(x):
+        fit = g.fit_gaussian(x, eps_rel, eps_abs)
+        _, maha = component_log_probs(x, fit.means, fit.chols)
+        return jnp.mean(maha)
+
+    def half_logdet(x):
+        return linalg.half_logdet(g.fit_gaussian(x, eps_rel, eps_abs).chols[0])
+
+    m, g_maha = jax.value_and_grad(maha_mean)(z)
+    g_logdet = jax.grad(half_logdet)(z)
+    _, s = g.empirical_moments(z)
+    ev = jnp.clip(jnp.linalg.eigvalsh(s), 0.0, None)
+    eps = eps_rel * jnp.trace(s) / d + eps_abs
+    std = jnp.sqrt(jnp.diagonal(s))
+    return {
+        "mahalanobis_mean": m,
+        "dim": jnp.asarray(d, z.dtype),
+        "mahalanobis_expected": jnp.sum(ev / (ev + eps)),
+        "grad_norm_mahalanobis": jnp.linalg.norm(g_maha),
+        "grad_norm_logdet": jnp.linalg.norm(g_logdet),
+        "effective_rank": g.effective_rank(s),
+        "std_min": jnp.min(std),
+        "std_mean": jnp.mean(std),
+    }

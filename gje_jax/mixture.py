@@ -1,0 +1,388 @@
+"""Gaussian mixtures carried by Cholesky factors, and their conditionals.
+
+`GaussianMixture` is the joint density p(z) = sum_k pi_k N(z | mu_k, L_k L_k^T) used by
+GJE (K = 1) and GMJE (K > 1); `ConditionalMixture` is p(t | c), one mixture over the
+target block per query, shared by prototype GMJE, the MDN head, GNG and the SMC bank.
+Both are pytrees (flax.struct dataclasses): pass them through jit, vmap and grad.
+
+Memory: every evaluation whitens residuals with W_k = L_k^{-1} in one batched matmul,
+producing [K, N, D] at most (chunked over N above `chunk_elements`); nothing of size
+[N, K, D, D] or [N, N, D] is ever formed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gje_jax import _validation as v
+from gje_jax import linalg
+
+# [K, N, D] float32 elements per chunk (64 MiB); larger problems are evaluated in N-chunks.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _map_over_rows(fn, x: jax.Array, rows_per_chunk: int) -> jax.Array:
+    """Applies fn([n, ...] -> [n, ...]) to x in row chunks with lax.map, output [N, ...]."""
+    n = x.shape[0]
+    if rows_per_chunk >= n:
+        return fn(x)
+    num = -(-n // rows_per_chunk)
+    pad = num * rows_per_chunk - n
+    xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    out = lax.map(fn, xp.reshape((num, rows_per_chunk) + x.shape[1:]))
+    return out.reshape((num * rows_per_chunk,) + out.shape[2:])[:n]
+
+
+def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
+    return max(1, chunk_elements // max(1, k * d))
+
+
+def component_log_probs(
+    z: jax.Array,
+    means: jax.Array,
+    scale_trils: jax.Array,
+    *,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[jax.Array, jax.Array]:
+    """log N(z_n | mu_k, L_k L_k^T) for every point and component.
+
+    Args:
+      z: [N, D] points.
+      means: [K, D].
+      scale_trils: [K, D, D] lower Cholesky factors.
+      chunk_elements: bound on K * rows * D per chunk of the whitened residuals.
+
+    Returns:
+      (log_probs [N, K], mahalanobis [N, K]) in float32, the squared distances
+      |L_k^{-1}(z_n - mu_k)|^2 included for diagnostics.
+    """
+    k, d = means.shape
+    w = linalg.tril_inverse(scale_trils)  # [K, D, D]
+    w_mu = jnp.einsum("kde,ke->kd", w, means)
+    log_norm = -linalg.half_logdet(scale_trils) - 0.5 * d * linalg.LOG_2PI  # [K]
+
+    def chunk(zc):
+        resid = jnp.einsum("kde,ne->knd", w, zc) - w_mu[:, None, :]  # [K, n, D]
+        maha = jnp.sum(resid * resid, axis=-1).T  # [n, K]
+        return jnp.concatenate([log_norm - 0.5 * maha, maha], axis=-1)
+
+    out = _map_over_rows(chunk, z, _rows_per_chunk(k, d, chunk_elements))
+    return out[:, :k], out[:, k:]
+
+
+def _check_params(log_weights, means, scale_trils) -> None:
+    v.check_rank(log_weights, 1, "log_weights", "[K]")
+    v.check_rank(means, 2, "means", "[K, D]")
+    v.check_rank(scale_trils, 3, "chols", "[K, D, D]")
+    k, d = means.shape
+    if k == 0:
+        raise ValueError("A mixture needs K >= 1 components, got K = 0 (means shape (0, D)).")
+    if d == 0:
+        raise ValueError("A mixture needs D >= 1 dimensions, got means shape (K, 0).")
+    v.check_dim(log_weights.shape[0], k, f"log_weights length vs means {tuple(means.shape)}")
+    if scale_trils.shape != (k, d, d):
+        raise ValueError(f"chols must have shape [K, D, D] = {(k, d, d)} to match means {tuple(means.shape)}, got {tuple(scale_trils.shape)}.")
+
+
+def _check_points(z: jax.Array, d: int, name: str) -> jax.Array:
+    z = v.as_float(z, name)
+    v.check_rank(z, 2, name, "[N, D]")
+    if z.shape[1] != d:
+        raise ValueError(f"{name} has dimension {z.shape[1]} (shape {tuple(z.shape)}) but the mixture has D = {d}.")
+    return z
+
+
+def _categorical(key: jax.Array, logits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return jax.random.categorical(key, logits, shape=shape)
+
+
+@flax.struct.dataclass
+class GaussianMixture:
+    """p(z) = sum_k softmax(log_weights)_k N(z | means_k, chols_k chols_k^T).
+
+    Attributes:
+      log_weights: [K] mixture log-weights (normalised on use, so logits are fine;
+        -inf switches a component off).
+      means: [K, D].
+      chols: [K, D, D] lower-triangular Cholesky factors with positive diagonals.
+
+    K = 1 is a single Gaussian (GJE); every method runs the same code for any K.
+
+    Example:
+      >>> gm = GaussianMixture.from_covariances(jnp.zeros(2), jnp.zeros((2, 3)),
+      ...                                       jnp.stack([jnp.eye(3)] * 2))
+      >>> gm.log_prob(jnp.ones((5, 3))).shape
+      (5,)
+    """
+
+    log_weights: jax.Array
+    means: jax.Array
+    chols: jax.Array
+
+    # ---- construction -------------------------------------------------------
+    @classmethod
+    def from_covariances(cls, log_weights, means, covs) -> "GaussianMixture":
+        """Factorises covariances [K, D, D] (no inverse). Concrete inputs are checked
+        for NaN/Inf and positive definiteness, with the failing component named."""
+        log_weights, means, covs = (v.as_float(a, n) for a, n in ((log_weights, "log_weights"), (means, "means"), (covs, "covs")))
+        v.check_rank(covs, 3, "covs", "[K, D, D]")
+        _check_params(log_weights, means, covs)
+        for a, n in ((means, "means"), (covs, "covs")):
+            v.check_finite_if_concrete(a, n)
+        chols = linalg.cholesky(covs)
+        if v.is_concrete(chols):
+            bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(chols)), axis=(1, 2)))
+            if bad.size:
+                raise ValueError(
+                    f"covs[{int(bad[0])}] is not positive definite in float32 (components {bad.tolist()}); "
+                    "add a ridge (gje_jax.regularize) before factorising.")
+        return cls(log_weights, means, chols)
+
+    @classmethod
+    def from_unconstrained(cls, logits, means, raw_chols, floor: float = 1e-4) -> "GaussianMixture":
+        """Builds a mixture from unconstrained parameters (for SGD): logits [K],
+        means [K, D], raw_chols [K, D, D] through `scale_tril_from_unconstrained`."""
+        return cls(v.as_float(logits, "logits"), v.as_float(means, "means"),
+                   linalg.scale_tril_from_unconstrained(raw_chols, floor))
+
+    # ---- shape --------------------------------------------------------------
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def check_shapes(self) -> "GaussianMixture":
+        """Trace-time shape checks; returns self."""
+        _check_params(self.log_weights, self.means, self.chols)
+        return self
+
+    def validate(self) -> "GaussianMixture":
+        """Checks shapes and, for concrete arrays, NaN/Inf in the parameters; returns self."""
+        self.check_shapes()
+        for a, n in ((self.means, "means"), (self.chols, "chols")):
+            v.check_finite_if_concrete(a, n)
+        return self
+
+    def normalized_log_weights(self) -> jax.Array:
+        """[K] log pi_k."""
+        return jax.nn.log_softmax(self.log_weights)
+
+    # ---- densities ----------------------------------------------------------
+    def _joint_logits(self, z, chunk_elements):
+        self.check_shapes()
+        z = _check_points(z, self.dim, "z")
+        comp, _ = component_log_probs(z, self.means, self.chols, chunk_elements=chunk_elements)
+        return self.normalized_log_weights() + comp  # [N, K]
+
+    def log_prob(self, z: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
+        """log p(z). z: [N, D] -> [N] float32."""
+        return jax.nn.logsumexp(self._joint_logits(z, chunk_elements), axis=-1)
+
+    def responsibilities(self, z: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
+        """Posterior component probabilities gamma_nk. z: [N, D] -> [N, K]."""
+        return jax.nn.softmax(self._joint_logits(z, chunk_elements), axis=-1)
+
+    def entropy_per_component(self) -> jax.Array:
+        """[K] differential entropies of the components, D/2 log(2 pi e) + sum log L_ii."""
+        return 0.5 * self.dim * (linalg.LOG_2PI + 1.0) + linalg.half_logdet(self.chols)
+
+    def mean(self) -> jax.Array:
+        """[D] mean of the mixture."""
+        return jnp.einsum("k,kd->d", jnp.exp(self.normalized_log_weights()), self.means)
+
+    def covariance(self) -> jax.Array:
+        """[D, D] total covariance sum_k pi_k (Sigma_k + (mu_k - m)(mu_k - m)^T)."""
+        pi = jnp.exp(self.normalized_log_weights())
+        centred = self.means - self.mean()
+        within = jnp.einsum("k,kde,kfe->df", pi, self.chols, self.chols)
+        return within + jnp.einsum("k,kd,ke->de", pi, centred, centred)
+
+    # ---- sampling -----------------------------------------------------------
+    def sample(self, key: jax.Array, n: int, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
+        """Unconditional samples: k ~ Cat(pi), z = mu_k + L_k eps. Returns [n, D]."""
+        self.check_shapes()
+        k_key, e_key = jax.random.split(key)
+        comp = _categorical(k_key, self.normalized_log_weights(), (n,))
+        eps = jax.random.normal(e_key, (n, self.dim), self.means.dtype)
+        rows = _rows_per_chunk(self.num_components, self.dim, chunk_elements)
+
+        def chunk(args):
+            e, c = args[:, :-1], args[:, -1].astype(jnp.int32)
+            # Every component transforms the noise (one matmul); the drawn one is kept.
+            # This avoids gathering [n, D, D] factors.
+            all_k = self.means[:, None, :] + jnp.einsum("kde,ne->knd", self.chols, e)
+            return jnp.take_along_axis(all_k, c[None, :, None], axis=0)[0]
+
+        packed = jnp.concatenate([eps, comp[:, None].astype(eps.dtype)], axis=-1)
+        return _map_over_rows(chunk, packed, rows)
+
+    # ---- conditioning and marginals -----------------------------------------
+    def condition(self, c: jax.Array, split: int | None = None, *,
+                  chunk_elements: int = CHUNK_ELEMENTS) -> "ConditionalMixture":
+        """p(t | c) with z = [c ; t], c = z[:split].
+
+        Uses the block identity of the joint factor L = [[L_cc, 0], [L_tc, L_tt]]:
+        m_k(c) = mu_t,k + L_tc,k L_cc,k^{-1} (c - mu_c,k), conditional factor L_tt,k,
+        r_k(c) = softmax_k(log pi_k + log N(c | mu_c,k, L_cc,k L_cc,k^T)).
+
+        Args:
+          c: [N, d_c] contexts.
+          split: d_c; defaults to c.shape[1].
+
+        Returns:
+          ConditionalMixture with log_weights [N, K], means [N, K, d_t], chols [K, d_t, d_t].
+        """
+        self.check_shapes()
+        c = v.as_float(c, "c")
+        v.check_rank(c, 2, "c", "[N, d_c]")
+        split = c.shape[1] if split is None else split
+        split = v.check_split(split, self.dim)
+        if c.shape[1] != split:
+            raise ValueError(f"c has {c.shape[1]} columns (shape {tuple(c.shape)}) but split = {split}.")
+        k, d = self.num_components, self.dim
+        l_cc = self.chols[:, :split, :split]
+        l_tc = self.chols[:, split:, :split]
+        l_tt = self.chols[:, split:, split:]
+        mu_c, mu_t = self.means[:, :split], self.means[:, split:]
+        w_cc = linalg.tril_inverse(l_cc)
+        w_mu = jnp.einsum("kde,ke->kd", w_cc, mu_c)
+        log_norm = -linalg.half_logdet(l_cc) - 0.5 * split * linalg.LOG_2PI
+        log_pi = self.normalized_log_weights()
+
+        def chunk(cc):
+            u = jnp.einsum("kde,ne->knd", w_cc, cc) - w_mu[:, None, :]  # [K, n, d_c]
+            logits = log_pi + log_norm + (-0.5 * jnp.sum(u * u, axis=-1)).T  # [n, K]
+            means = mu_t[:, None, :] + jnp.einsum("kde,kne->knd", l_tc, u)  # [K, n, d_t]
+            return jnp.concatenate([logits[..., None], jnp.swapaxes(means, 0, 1)], axis=-1)
+
+        out = _map_over_rows(chunk, c, _rows_per_chunk(k, d, chunk_elements))
+        return ConditionalMixture(jax.nn.log_softmax(out[..., 0], axis=-1), out[..., 1:], l_tt)
+
+    def marginal(self, start: int, stop: int) -> "GaussianMixture":
+        """Marginal over z[start:stop]. A leading block reuses L directly; any other
+        block re-factorises its covariance L_s L_s^T (no inverse)."""
+        self.check_shapes()
+        start, stop = int(start), int(stop)
+        if not 0 <= start < stop <= self.dim:
+            raise ValueError(f"marginal needs 0 <= start < stop <= D = {self.dim}, got start={start}, stop={stop}.")
+        means = self.means[:, start:stop]
+        if start == 0:
+            return GaussianMixture(self.log_weights, means, self.chols[:, :stop, :stop])
+        rows = self.chols[:, start:stop, :stop]
+        return GaussianMixture(self.log_weights, means, linalg.cholesky(rows @ jnp.swapaxes(rows, -1, -2)))
+
+    def permute(self, order) -> "GaussianMixture":
+        """Reorders the dimensions (static `order`, length D) and re-factorises, e.g. to
+        condition c on t: `gm.permute(list(range(s, D)) + list(range(s))).condition(t)`."""
+        order = np.asarray(order)
+        if sorted(order.tolist()) != list(range(self.dim)):
+            raise ValueError(f"order must be a permutation of range({self.dim}), got {order.tolist()}.")
+        rows = self.chols[:, order, :]
+        return GaussianMixture(self.log_weights, self.means[:, order],
+                               linalg.cholesky(rows @ jnp.swapaxes(rows, -1, -2)))
+
+
+@flax.struct.dataclass
+class ConditionalMixture:
+    """p(t | c_n) = sum_k exp(log_weights[n, k]) N(t | means[n, k], L L^T) for each query n.
+
+    Attributes:
+      log_weights: [N, K] normalised log responsibilities r_k(c_n).
+      means: [N, K, d_t] conditional component means m_k(c_n).
+      chols: [K, d_t, d_t] factors shared by all queries (prototype GMJE, GNG, SMC), or
+        [N, K, d_t, d_t] per query (the MDN head).
+    """
+
+    log_weights: jax.Array
+    means: jax.Array
+    chols: jax.Array
+
+    @property
+    def num_queries(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[2]
+
+    def check_shapes(self) -> "ConditionalMixture":
+        v.check_rank(self.log_weights, 2, "log_weights", "[N, K]")
+        v.check_rank(self.means, 3, "means", "[N, K, d_t]")
+        v.check_rank(self.chols, (3, 4), "chols", "[K, d_t, d_t] or [N, K, d_t, d_t]")
+        n, k, d = self.means.shape
+        if self.log_weights.shape != (n, k):
+            raise ValueError(f"log_weights shape {tuple(self.log_weights.shape)} does not match means {tuple(self.means.shape)}.")
+        if self.chols.shape[-3:] != (k, d, d) or (self.chols.ndim == 4 and self.chols.shape[0] != n):
+            raise ValueError(f"chols shape {tuple(self.chols.shape)} does not match means {tuple(self.means.shape)}.")
+        return self
+
+    def _covs(self) -> jax.Array:
+        return self.chols @ jnp.swapaxes(self.chols, -1, -2)
+
+    def log_prob(self, t: jax.Array) -> jax.Array:
+        """log p(t_n | c_n). t: [N, d_t] -> [N]."""
+        self.check_shapes()
+        t = v.as_float(t, "t")
+        v.check_rank(t, 2, "t", "[N, d_t]")
+        if t.shape != (self.num_queries, self.dim):
+            raise ValueError(f"t must have shape {(self.num_queries, self.dim)} (one target per query), got {tuple(t.shape)}.")
+        w = linalg.tril_inverse(self.chols)
+        resid = t[:, None, :] - self.means  # [N, K, d_t]
+        if self.chols.ndim == 3:
+            white = jnp.einsum("kde,nke->nkd", w, resid)
+        else:
+            white = jnp.einsum("nkde,nke->nkd", w, resid)
+        comp = -0.5 * jnp.sum(white * white, -1) - linalg.half_logdet(self.chols) - 0.5 * self.dim * linalg.LOG_2PI
+        return jax.nn.logsumexp(self.log_weights + comp, axis=-1)
+
+    def mean(self) -> jax.Array:
+        """E[t | c]: [N, d_t]."""
+        self.check_shapes()
+        return jnp.einsum("nk,nkd->nd", jnp.exp(self.log_weights), self.means)
+
+    def covariance(self) -> jax.Array:
+        """Cov[t | c] = sum_k r_k (S_k + (m_k - E)(m_k - E)^T): [N, d_t, d_t]."""
+        self.check_shapes()
+        r = jnp.exp(self.log_weights)
+        centred = self.means - self.mean()[:, None, :]
+        spread = jnp.einsum("nk,nkd,nke->nde", r, centred, centred)
+        covs = self._covs()
+        within = jnp.einsum("nk,kde->nde", r, covs) if covs.ndim == 3 else jnp.einsum("nk,nkde->nde", r, covs)
+        return within + spread
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """k ~ Cat(r(c)), t = m_k(c) + L_k eps. Returns [N, n, d_t]."""
+        self.check_shapes()
+        k_key, e_key = jax.random.split(key)
+        q, k, d = self.means.shape
+        comp = _categorical(k_key, self.log_weights[:, None, :], (q, n))  # [N, n]
+        onehot = jax.nn.one_hot(comp, k, dtype=self.means.dtype)  # [N, n, K]
+        eps = jax.random.normal(e_key, (q, n, d), self.means.dtype)
+        loc = jnp.einsum("qsk,qkd->qsd", onehot, self.means)
+        # Every component transforms the noise ([N, n, K, d_t], one matmul) and the drawn
+        # one is kept: no [N, n, d_t, d_t] gather of factors.
+        spec = "kde,qse->qskd" if self.chols.ndim == 3 else "qkde,qse->qskd"
+        noise = jnp.einsum("qsk,qskd->qsd", onehot, jnp.einsum(spec, self.chols, eps))
+        return loc + noise
+
+    def modes(self) -> tuple[jax.Array, jax.Array]:
+        """Components ranked by responsibility: (weights [N, K], means [N, K, d_t]),
+        highest weight first."""
+        self.check_shapes()
+        order = jnp.argsort(-self.log_weights, axis=-1)
+        weights = jnp.take_along_axis(jnp.exp(self.log_weights), order, axis=-1)
+        means = jnp.take_along_axis(self.means, order[..., None], axis=1)
+        return weights, means

@@ -1,0 +1,53 @@
+"""gje_jax: Gaussian (Mixture) Joint Embeddings for self-supervised learning in JAX."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.9",
+    "flax>=0.10",
+    "optax>=0.2.4",
+    "chex>=0.1.88",
+    "numpy>=1.26",
+]
+EXPERIMENTS = [
+    "orbax-checkpoint>=0.11",
+    "ml-collections>=1.0",
+    "absl-py>=2.1",
+    "tensorflow-datasets>=4.9.7",
+    "array_record>=0.5",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "tensorboardX>=2.6",
+    "scikit-learn>=1.4",
+]
+TEST = EXPERIMENTS + [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",
+    "scipy>=1.11",
+    "hypothesis>=6.100",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+    "ruff>=0.6",
+]
+BENCHMARKS = ["distrax>=0.1.5", "tfp-nightly", "scikit-learn>=1.4"]
+
+setup(
+    name="gje_jax",
+    version="0.1.0",
+    description="Gaussian Joint Embeddings (GJE) and Gaussian Mixture Joint Embeddings (GMJE) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gje_jax", "gje_jax.*", "experiments", "experiments.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={
+        "experiments": EXPERIMENTS,
+        "test": TEST,
+        "benchmarks": BENCHMARKS,
+        "all": sorted(set(TEST + BENCHMARKS)),
+    },
+    entry_points={"console_scripts": ["gje-train=experiments.main:run"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,26 @@
+"""Shared random inputs for the tests (numpy float64 references)."""
+
+import numpy as np
+
+
+def random_spd(rng, d, cond=None, scale=1.0):
+    """A [d, d] SPD matrix; with `cond`, eigenvalues log-spaced between scale/cond and scale."""
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    if cond is None:
+        ev = rng.uniform(0.5, 2.0, size=d) * scale
+    else:
+        ev = scale * np.logspace(-np.log10(cond), 0, d)
+    return (q * ev) @ q.T
+
+
+def random_mixture(rng, k, d, spread=3.0):
+    """(log_weights [K], means [K, D], covs [K, D, D], chols [K, D, D]) in float64."""
+    logits = rng.normal(size=k)
+    means = rng.normal(size=(k, d)) * spread
+    covs = np.stack([random_spd(rng, d) for _ in range(k)])
+    return logits, means, covs, np.linalg.cholesky(covs)
+
+
+def log_softmax(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
