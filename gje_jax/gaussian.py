@@ -5,6 +5,8 @@ All results are `GaussianMixture`s with K = 1, so GJE and GMJE share one code pa
 
 from __future__ import annotations
 
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -66,6 +68,7 @@ def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     return (1.0 - shrink) * s + shrink * mu * jnp.eye(d, dtype=s.dtype), shrink
 
 
+@functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs", "shrinkage"))
 def fit_gaussian(
     z: jax.Array,
     eps_rel: float = DEFAULT_EPS_REL,

@@ -77,6 +77,7 @@ def _diagonal_blocks(a: jax.Array, m: int, s: int) -> jax.Array:
 
 
 @jax.custom_jvp
+@jax.jit  # One compiled program per shape, also when called eagerly (Colab, tests).
 def _tril_inverse(l: jax.Array) -> jax.Array:
     n = l.shape[-1]
     if n <= _BASE:
@@ -111,6 +112,7 @@ def _tril_inverse_jvp(primals, tangents):
     return w, -(w @ jnp.tril(dl) @ w)
 
 
+@jax.jit
 def tril_inverse(scale_tril: jax.Array) -> jax.Array:
     """Inverse of lower-triangular matrices, W = L^{-1}, from matmuls only.
 
@@ -150,6 +152,7 @@ def _cholesky_small(a: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
+@jax.jit
 def _cholesky(a: jax.Array) -> jax.Array:
     n = a.shape[-1]
     if n <= _BASE:
@@ -188,6 +191,7 @@ def _cholesky_jvp(primals, tangents):
     return l, l @ _phi(w @ da @ _mT(w))
 
 
+@jax.jit
 def cholesky(cov: jax.Array) -> jax.Array:
     """Lower Cholesky factor L of symmetric positive-definite matrices (Sigma = L L^T).
 

@@ -12,7 +12,7 @@ producing [K, N, D] at most (chunked over N above `chunk_elements`); nothing of 
 
 from __future__ import annotations
 
-import math
+import functools
 
 import flax.struct
 import jax
@@ -43,6 +43,7 @@ def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // max(1, k * d))
 
 
+@functools.partial(jax.jit, static_argnames=("chunk_elements",))
 def component_log_probs(
     z: jax.Array,
     means: jax.Array,

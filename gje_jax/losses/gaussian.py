@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +33,7 @@ def _half_logdet_of_batch(x, eps_rel, eps_abs):
     return linalg.half_logdet(linalg.cholesky(g.regularize(s, eps_rel, eps_abs)))
 
 
+@functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs"))
 def geometry_term(c: jax.Array, t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL,
                   eps_abs: float = g.DEFAULT_EPS_ABS) -> jax.Array:
     """G(c, t) = 1/2 log|S_cc,eps| + 1/2 log|S_tt,eps| of the batch covariances of each view.
