@@ -6,7 +6,7 @@ costs nothing in the compiled program. Messages name the argument and its shape.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,9 @@ def as_float(x, name: str) -> jax.Array:
 def check_rank(x: jax.Array, rank: int | Sequence[int], name: str, dims: str) -> None:
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
     if x.ndim not in ranks:
-        raise ValueError(f"{name} must have shape {dims} (rank {' or '.join(map(str, ranks))}), got shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"{name} must have shape {dims} (rank {' or '.join(map(str, ranks))}), got shape {tuple(x.shape)}."
+        )
 
 
 def check_dim(actual: int, expected: int, what: str) -> None:

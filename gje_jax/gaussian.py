@@ -103,8 +103,10 @@ def fit_gaussian(
 def _single(gaussian: GaussianMixture, what: str) -> GaussianMixture:
     gaussian.check_shapes()
     if gaussian.num_components != 1:
-        raise ValueError(f"{what} needs a single Gaussian (K = 1), got K = {gaussian.num_components}; "
-                         "use gm.entropy_per_component() or pick one component.")
+        raise ValueError(
+            f"{what} needs a single Gaussian (K = 1), got K = {gaussian.num_components}; "
+            "use gm.entropy_per_component() or pick one component."
+        )
     return gaussian
 
 
@@ -153,10 +155,10 @@ class GaussianStats:
     count: jax.Array
 
     @classmethod
-    def zeros(cls, dim: int, dtype=jnp.float32) -> "GaussianStats":
+    def zeros(cls, dim: int, dtype=jnp.float32) -> GaussianStats:
         return cls(jnp.zeros((dim,), dtype), jnp.eye(dim, dtype=dtype), jnp.zeros((), jnp.int32))
 
-    def update(self, z: jax.Array, momentum: float) -> "GaussianStats":
+    def update(self, z: jax.Array, momentum: float) -> GaussianStats:
         """EMA step towards the batch moments of z [N, D] (stop-gradient). The first
         update copies the batch moments instead of blending with the identity prior."""
         z = jax.lax.stop_gradient(_check_batch(z))
@@ -173,5 +175,6 @@ class GaussianStats:
     def to_gaussian(self, eps_rel: float = DEFAULT_EPS_REL, eps_abs: float = DEFAULT_EPS_ABS) -> GaussianMixture:
         """The K = 1 mixture of these statistics (regularised, stop-gradient)."""
         cov = jax.lax.stop_gradient(regularize(self.cov, eps_rel, eps_abs))
-        return GaussianMixture(jnp.zeros((1,), self.mean.dtype), jax.lax.stop_gradient(self.mean)[None],
-                               linalg.cholesky(cov)[None])
+        return GaussianMixture(
+            jnp.zeros((1,), self.mean.dtype), jax.lax.stop_gradient(self.mean)[None], linalg.cholesky(cov)[None]
+        )

@@ -35,7 +35,9 @@ def test_entropy_matches_scipy():
     rng = np.random.default_rng(2)
     cov = random_spd(rng, 5)
     gm = gje_jax.GaussianMixture.from_covariances(jnp.zeros(1), jnp.zeros((1, 5)), cov[None])
-    np.testing.assert_allclose(gje_jax.gaussian_entropy(gm), scipy.stats.multivariate_normal(np.zeros(5), cov).entropy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        gje_jax.gaussian_entropy(gm), scipy.stats.multivariate_normal(np.zeros(5), cov).entropy(), rtol=1e-5
+    )
 
 
 def test_mutual_information_matches_canonical_correlations():

@@ -70,7 +70,9 @@ def test_tril_inverse_gradient_matches_finite_differences():
     direction = np.tril(rng.normal(size=(20, 20)))
     l64 = np.asarray(l, np.float64)
     h = 1e-6
-    fd = (np.sum(np.linalg.inv(l64 + h * direction) * proj64) - np.sum(np.linalg.inv(l64 - h * direction) * proj64)) / (2 * h)
+    fd = (np.sum(np.linalg.inv(l64 + h * direction) * proj64) - np.sum(np.linalg.inv(l64 - h * direction) * proj64)) / (
+        2 * h
+    )
     np.testing.assert_allclose(np.sum(grad * direction), fd, rtol=1e-3)
 
 
@@ -100,9 +102,11 @@ def test_no_lapack_call_in_mixture_gradient():
     import gje_jax
 
     k, d, n = 4, 20, 64
+
     def nll(z, mu, raw):
         gm = gje_jax.GaussianMixture.from_unconstrained(jnp.zeros(k), mu, raw)
         return -jnp.mean(gm.log_prob(z)) + linalg.cholesky(raw @ jnp.swapaxes(raw, 1, 2) + jnp.eye(d)).sum()
+
     args = (jnp.zeros((n, d)), jnp.zeros((k, d)), jnp.eye(d)[None].repeat(k, 0))
     hlo = jax.jit(jax.grad(nll, argnums=(0, 1, 2))).lower(*args).as_text()
     assert "lapack" not in hlo.lower() and "custom_call" not in hlo.lower()

@@ -54,7 +54,10 @@ def test_gje_batch_loss_matches_scipy_and_numpy():
 
     s = reg(np.cov(z.T, bias=True))
     nll = -scipy.stats.multivariate_normal(z.mean(0), s).logpdf(z).mean()
-    geo = 0.5 * np.linalg.slogdet(reg(np.cov(z[:, :4].T, bias=True)))[1] + 0.5 * np.linalg.slogdet(reg(np.cov(z[:, 4:].T, bias=True)))[1]
+    geo = (
+        0.5 * np.linalg.slogdet(reg(np.cov(z[:, :4].T, bias=True)))[1]
+        + 0.5 * np.linalg.slogdet(reg(np.cov(z[:, 4:].T, bias=True)))[1]
+    )
     np.testing.assert_allclose(m["nll"], nll, rtol=1e-4)
     np.testing.assert_allclose(m["geometry"], geo, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(loss, nll - geo, rtol=1e-4, atol=1e-4)
@@ -130,9 +133,11 @@ def test_gmje_conditional_loss_and_gradients():
     np.testing.assert_allclose(m["nll"], ref, rtol=1e-4)
 
     raw = gje_jax.linalg.unconstrained_from_scale_tril(f32(chols))
+
     def obj(params):
         mix = gje_jax.GaussianMixture.from_unconstrained(*params)
         return losses.gmje_loss(z[:, :2], z[:, 2:], mix, lambda_geo=1.0, lambda_bal=0.1)[0]
+
     grads = jax.jit(jax.grad(obj))((f32(logits), f32(means), raw))
     assert all(np.all(np.isfinite(g)) for g in grads)
     with pytest.raises(ValueError, match="D = 4"):
@@ -159,7 +164,9 @@ def test_infonce_matches_numpy():
     one = -np.mean(np.diag(scipy.special.log_softmax(logits, axis=1)))
     other = -np.mean(np.diag(scipy.special.log_softmax(logits.T, axis=1)))
     np.testing.assert_allclose(losses.infonce(f32(c), f32(t), tau=0.2)[0], one, rtol=1e-5)
-    np.testing.assert_allclose(losses.infonce(f32(c), f32(t), tau=0.2, symmetric=True)[0], 0.5 * (one + other), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.infonce(f32(c), f32(t), tau=0.2, symmetric=True)[0], 0.5 * (one + other), rtol=1e-5
+    )
 
 
 def test_gmje_contrastive_anisotropic_weights_and_extra_candidates():
@@ -168,10 +175,19 @@ def test_gmje_contrastive_anisotropic_weights_and_extra_candidates():
     c, t, extra = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(m, d))
     cov = random_spd(rng, d)
     lw, elw = rng.normal(size=n), rng.normal(size=m)
-    loss, _ = losses.gmje_contrastive(f32(c), f32(t), covariance=f32(cov), log_weights=f32(lw),
-                                      extra_targets=f32(extra), extra_log_weights=f32(elw), normalize=False)
+    loss, _ = losses.gmje_contrastive(
+        f32(c),
+        f32(t),
+        covariance=f32(cov),
+        log_weights=f32(lw),
+        extra_targets=f32(extra),
+        extra_log_weights=f32(elw),
+        normalize=False,
+    )
     cands = np.concatenate([t, extra])
-    logits = np.stack([np.concatenate([lw, elw]) + scipy.stats.multivariate_normal(c[i], cov).logpdf(cands) for i in range(n)])
+    logits = np.stack(
+        [np.concatenate([lw, elw]) + scipy.stats.multivariate_normal(c[i], cov).logpdf(cands) for i in range(n)]
+    )
     ref = -np.mean(np.diag(scipy.special.log_softmax(logits, axis=1)[:, :n]))
     np.testing.assert_allclose(loss, ref, rtol=1e-4)
     with pytest.raises(ValueError, match="exactly one"):
@@ -185,7 +201,9 @@ def test_near_singular_and_collapsed_batches_have_finite_gradients(n, d):
     for z in (base, np.zeros((n, d)), base * 1e-7 + 1.0):
         z = f32(z)
         for lam in (0.0, 1.0):
-            val, grad = jax.value_and_grad(lambda z: losses.gje_loss(z[:, : d // 2], z[:, d // 2 :], lambda_geo=lam)[0])(z)
+            val, grad = jax.value_and_grad(
+                lambda z: losses.gje_loss(z[:, : d // 2], z[:, d // 2 :], lambda_geo=lam)[0]
+            )(z)
             assert np.isfinite(val) and np.all(np.isfinite(grad)), (lam, float(val))
 
 

@@ -81,8 +81,12 @@ def test_conditioning_matches_textbook(k):
     np.testing.assert_allclose(cond.covariance(), cov, rtol=1e-3, atol=1e-4)
     # Conditional log-density vs scipy mixture of conditionals.
     t = rng.normal(size=(40, dt))
-    ref = np.log(sum(r[:, j] * np.array([scipy.stats.multivariate_normal(m[i, j], s[j]).pdf(t[i]) for i in range(40)])
-                     for j in range(k)))
+    ref = np.log(
+        sum(
+            r[:, j] * np.array([scipy.stats.multivariate_normal(m[i, j], s[j]).pdf(t[i]) for i in range(40)])
+            for j in range(k)
+        )
+    )
     np.testing.assert_allclose(cond.log_prob(f32(t)), ref, rtol=1e-4, atol=1e-4)
     w, modes = cond.modes()
     assert np.all(np.diff(np.asarray(w), axis=1) <= 1e-7)
@@ -109,7 +113,9 @@ def test_marginal_matches_covariance_block():
     for start, stop in [(0, 3), (2, 5), (4, 6)]:
         mg = _gm(logits, means, chols).marginal(start, stop)
         np.testing.assert_allclose(mg.means, means[:, start:stop], rtol=1e-6)
-        np.testing.assert_allclose(mg.chols @ np.swapaxes(mg.chols, 1, 2), covs[:, start:stop, start:stop], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            mg.chols @ np.swapaxes(mg.chols, 1, 2), covs[:, start:stop, start:stop], rtol=1e-4, atol=1e-5
+        )
 
 
 def test_sampling_moments_within_monte_carlo_error():
@@ -186,7 +192,9 @@ def test_integer_input_is_promoted():
     gm = GaussianMixture.from_covariances(jnp.zeros(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
     out = gm.log_prob(jnp.ones((3, 2), jnp.int32))
     assert out.dtype == jnp.float32
-    np.testing.assert_allclose(out, scipy.stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(np.ones((3, 2))), rtol=1e-6)
+    np.testing.assert_allclose(
+        out, scipy.stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(np.ones((3, 2))), rtol=1e-6
+    )
 
 
 def test_public_api_names():

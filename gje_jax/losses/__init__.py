@@ -1,5 +1,6 @@
 """Losses: each returns (loss [], metrics dict) and is pure and un-jitted."""
 
+from gje_jax.losses.baselines import predictor_loss, vicreg_loss
 from gje_jax.losses.contrastive import gmje_contrastive, infonce
 from gje_jax.losses.gaussian import geometry_term, gje_loss, trace_trap_report
 from gje_jax.losses.mixture import balance_term, gmje_loss
@@ -11,5 +12,7 @@ __all__ = [
     "gmje_contrastive",
     "gmje_loss",
     "infonce",
+    "predictor_loss",
+    "vicreg_loss",
     "trace_trap_report",
 ]

@@ -113,7 +113,11 @@ def gmje_contrastive(
     if lw.shape != (n,):
         raise ValueError(f"log_weights must have shape [N] = ({n},), got {tuple(lw.shape)}.")
     if m > n:
-        elw = jnp.zeros((m - n,), c.dtype) if extra_log_weights is None else v.as_float(extra_log_weights, "extra_log_weights")
+        elw = (
+            jnp.zeros((m - n,), c.dtype)
+            if extra_log_weights is None
+            else v.as_float(extra_log_weights, "extra_log_weights")
+        )
         if elw.shape != (m - n,):
             raise ValueError(f"extra_log_weights must have shape [M] = ({m - n},), got {tuple(elw.shape)}.")
         lw = jnp.concatenate([lw, elw])

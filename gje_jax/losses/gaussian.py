@@ -34,8 +34,9 @@ def _half_logdet_of_batch(x, eps_rel, eps_abs):
 
 
 @functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs"))
-def geometry_term(c: jax.Array, t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL,
-                  eps_abs: float = g.DEFAULT_EPS_ABS) -> jax.Array:
+def geometry_term(
+    c: jax.Array, t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL, eps_abs: float = g.DEFAULT_EPS_ABS
+) -> jax.Array:
     """G(c, t) = 1/2 log|S_cc,eps| + 1/2 log|S_tt,eps| of the batch covariances of each view.
 
     Args:
@@ -87,8 +88,10 @@ def gje_loss(
         batch_fit = dens = g.fit_gaussian(z, eps_rel, eps_abs)
     elif estimator in ("ema", "param"):
         if density is None:
-            raise ValueError(f"estimator={estimator!r} needs `density` (a K = 1 GaussianMixture"
-                             f"{' or GaussianStats' if estimator == 'ema' else ''}).")
+            raise ValueError(
+                f"estimator={estimator!r} needs `density` (a K = 1 GaussianMixture"
+                f"{' or GaussianStats' if estimator == 'ema' else ''})."
+            )
         if isinstance(density, g.GaussianStats):
             if estimator != "ema":
                 raise ValueError("GaussianStats are running statistics: use estimator='ema'.")
@@ -97,8 +100,10 @@ def gje_loss(
             dens = density
         dens.check_shapes()
         if dens.num_components != 1 or dens.dim != z.shape[1]:
-            raise ValueError(f"density must be one Gaussian over D = {z.shape[1]} (d_c + d_t), got K = "
-                             f"{dens.num_components}, D = {dens.dim}.")
+            raise ValueError(
+                f"density must be one Gaussian over D = {z.shape[1]} (d_c + d_t), got K = "
+                f"{dens.num_components}, D = {dens.dim}."
+            )
         if estimator == "ema":
             dens = jax.lax.stop_gradient(dens)
     else:

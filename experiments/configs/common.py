@@ -1,0 +1,52 @@
+"""Defaults shared by every experiment config (imports only ml_collections)."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 256
+    c.num_steps = 1000
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    # Method: one section holding every method's fields, so any method is one override away.
+    c.method = dict(
+        name="gje",
+        estimator="batch",  # gje: batch | ema | param
+        lambda_geo=1.0,
+        eps_rel=1e-4,
+        eps_abs=1e-6,
+        momentum=0.99,  # EMA of the gje 'ema' statistics
+        floor=1e-3,  # minimum Cholesky diagonal of learned densities
+        num_components=8,  # gmje prototypes
+        objective="joint",  # gmje: joint | conditional
+        lambda_bal=0.1,
+        tau=0.1,  # simclr temperature
+        vicreg_sim=25.0,
+        vicreg_var=25.0,
+        vicreg_cov=1.0,
+        predictor_loss="cosine",  # predictor: mse | cosine
+        predictor_hidden=(256,),
+        target_momentum=0.99,  # EMA target network of the predictor baseline
+    )
+    c.data = dict(name="clustered", num_examples=8192, dim=32, num_clusters=8, noise=0.1)
+    c.model = dict(
+        encoder="mlp",  # mlp | convnet_small | resnet18 | resnet50
+        hidden=(256, 256),
+        feature_dim=64,
+        norm="ln",
+        widths=(32, 64, 128, 256),
+        stem="cifar",
+        width=64,
+        projector="none",  # none | bn | ln
+        projector_hidden=(256,),
+        embed_dim=16,
+        dtype="float32",  # or bfloat16 for encoder compute
+    )
+    c.optim = dict(
+        name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=50, schedule="cosine", grad_clip=1.0, momentum=0.9
+    )
+    c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
+    return c

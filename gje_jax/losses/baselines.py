@@ -1,0 +1,54 @@
+"""Losses of the deterministic baselines (METHOD section 9): VICReg and a JEPA/BYOL predictor."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gje_jax.losses.contrastive import _check_pair, _normalize
+
+
+def vicreg_loss(
+    a: jax.Array,
+    b: jax.Array,
+    *,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> tuple[jax.Array, dict]:
+    """VICReg (Bardes et al. 2022): invariance MSE + variance hinge + off-diagonal covariance.
+
+    a, b: [N, d] embeddings of two views. Returns (loss [], metrics).
+    """
+    a, b = _check_pair(a, b)
+    n, d = a.shape
+    inv = jnp.mean(jnp.sum((a - b) ** 2, axis=-1)) / d
+
+    def var_cov(x):
+        x = x - jnp.mean(x, axis=0)
+        std = jnp.sqrt(jnp.var(x, axis=0) + eps)
+        cov = (x.T @ x) / max(n - 1, 1)
+        off = cov - jnp.diag(jnp.diagonal(cov))
+        return jnp.mean(jax.nn.relu(gamma - std)), jnp.sum(off**2) / d
+
+    va, ca = var_cov(a)
+    vb, cb = var_cov(b)
+    var, cov = 0.5 * (va + vb), ca + cb
+    loss = sim_weight * inv + var_weight * var + cov_weight * cov
+    return loss, {"loss": loss, "invariance": inv, "variance": var, "covariance": cov}
+
+
+def predictor_loss(pred: jax.Array, target: jax.Array, *, kind: str = "cosine") -> tuple[jax.Array, dict]:
+    """Distance of predictions [N, d] to stop-gradient targets [N, d]: 'mse' (mean squared
+    error per example) or 'cosine' (2 - 2 cos, as in BYOL). Returns (loss [], metrics)."""
+    pred, target = _check_pair(pred, target)
+    target = jax.lax.stop_gradient(target)
+    if kind == "mse":
+        loss = jnp.mean(jnp.sum((pred - target) ** 2, axis=-1))
+    elif kind == "cosine":
+        loss = jnp.mean(2.0 - 2.0 * jnp.sum(_normalize(pred) * _normalize(target), axis=-1))
+    else:
+        raise ValueError(f"kind must be 'mse' or 'cosine', got {kind!r}.")
+    return loss, {"loss": loss}

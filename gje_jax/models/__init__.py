@@ -1,0 +1,43 @@
+"""Model registry: `build_network(model_config)` from a config section."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from gje_jax.models.encoders import MLP, Network, Predictor, Projector, ResNet, SmallConvNet, resnet18, resnet50
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+BACKBONES = {
+    "mlp": lambda m, dt: MLP(hidden=tuple(m.hidden), out_dim=m.feature_dim, norm=m.norm, dtype=dt),
+    "convnet_small": lambda m, dt: SmallConvNet(widths=tuple(m.widths), dtype=dt),
+    "resnet18": lambda m, dt: resnet18(stem=m.stem, width=m.width, dtype=dt),
+    "resnet50": lambda m, dt: resnet50(stem=m.stem, width=m.width, dtype=dt),
+}
+
+
+def build_network(m) -> Network:
+    """m: the `config.model` section (encoder, feature_dim, hidden, widths, stem, width,
+    projector ('none' | 'bn' | 'ln'), projector_hidden, embed_dim, dtype)."""
+    if m.encoder not in BACKBONES:
+        raise ValueError(f"config.model.encoder={m.encoder!r} is unknown; valid: {sorted(BACKBONES)}.")
+    if m.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype={m.dtype!r} is unknown; valid: {sorted(DTYPES)}.")
+    dt = DTYPES[m.dtype]
+    proj = None
+    if m.projector != "none":
+        proj = Projector(hidden=tuple(m.projector_hidden), out_dim=m.embed_dim, norm=m.projector, dtype=dt)
+    return Network(BACKBONES[m.encoder](m, dt), proj)
+
+
+__all__ = [
+    "MLP",
+    "Network",
+    "Predictor",
+    "Projector",
+    "ResNet",
+    "SmallConvNet",
+    "build_network",
+    "resnet18",
+    "resnet50",
+]

@@ -1,0 +1,175 @@
+"""Encoders, projectors and predictors (flax.linen). Thin modules; maths lives elsewhere.
+
+Every module maps [B, ...] inputs to [B, F] features and takes `train` so batch-norm
+layers know whether to use batch statistics. `dtype` is the compute dtype (bf16 for the
+matmuls/convolutions where configured); parameters stay float32 and outputs are cast
+back to float32 so the density maths always runs in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _norm(kind: str, train: bool, dtype, name: str | None = None):
+    if kind == "bn":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
+    if kind == "ln":
+        return nn.LayerNorm(dtype=dtype, name=name)
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"norm must be 'bn', 'ln' or 'none', got {kind!r}.")
+
+
+class MLP(nn.Module):
+    """[B, ...] -> [B, out_dim]: flatten, hidden Dense + norm + ReLU layers, linear output."""
+
+    hidden: Sequence[int] = (256, 256)
+    out_dim: int = 128
+    norm: str = "ln"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        for i, width in enumerate(self.hidden):
+            x = nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(x)
+            x = nn.relu(_norm(self.norm, train, self.dtype, name=f"norm_{i}")(x))
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+
+
+class SmallConvNet(nn.Module):
+    """A 4-block ConvNet sized for CPU runs: [B, H, W, C] -> [B, widths[-1]] (global pool)."""
+
+    widths: Sequence[int] = (32, 64, 128, 256)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = x.astype(self.dtype)
+        for i, w in enumerate(self.widths):
+            x = nn.Conv(w, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_{i}")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn_{i}")(x))
+            if i < len(self.widths) - 1:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+class _BasicBlock(nn.Module):
+    filters: int
+    strides: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train):
+        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
+        y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(bn("bn1")(y))
+        y = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype, name="conv2")(y)
+        y = bn("bn2")(y)
+        if x.shape != y.shape:
+            x = bn("bn_proj")(
+                nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=self.dtype, name="proj")(x)
+            )
+        return nn.relu(x + y)
+
+
+class _Bottleneck(nn.Module):
+    filters: int
+    strides: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train):
+        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
+        y = nn.relu(bn("bn1")(nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(x)))
+        y = nn.relu(
+            bn("bn2")(nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=self.dtype, name="conv2")(y))
+        )
+        y = bn("bn3")(nn.Conv(4 * self.filters, (1, 1), use_bias=False, dtype=self.dtype, name="conv3")(y))
+        if x.shape != y.shape:
+            x = bn("bn_proj")(
+                nn.Conv(4 * self.filters, (1, 1), self.strides, use_bias=False, dtype=self.dtype, name="proj")(x)
+            )
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone: [B, H, W, C] -> [B, F] (F = 512 for ResNet-18, 2048 for ResNet-50).
+
+    stem='cifar': 3x3 stride-1 first conv, no max-pool (32x32 inputs);
+    stem='imagenet': 7x7 stride-2 conv and 3x3 stride-2 max-pool.
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    bottleneck: bool = False
+    stem: str = "cifar"
+    width: int = 64
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = x.astype(self.dtype)
+        if self.stem == "cifar":
+            x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+        elif self.stem == "imagenet":
+            x = nn.Conv(
+                self.width, (7, 7), 2, padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype, name="stem_conv"
+            )(x)
+        else:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}.")
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="stem_bn")(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        block = _Bottleneck if self.bottleneck else _BasicBlock
+        for i, n in enumerate(self.stage_sizes):
+            for j in range(n):
+                x = block(self.width * 2**i, 2 if (i > 0 and j == 0) else 1, self.dtype, name=f"stage{i}_block{j}")(
+                    x, train
+                )
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+def resnet18(**kw) -> ResNet:
+    return ResNet(stage_sizes=(2, 2, 2, 2), bottleneck=False, **kw)
+
+
+def resnet50(**kw) -> ResNet:
+    return ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, **kw)
+
+
+class Projector(MLP):
+    """Projector head: [B, F] -> [B, out_dim], hidden layers with batch- or layer-norm."""
+
+    hidden: Sequence[int] = (512,)
+    norm: str = "bn"
+
+
+class Predictor(MLP):
+    """Predictor MLP of the deterministic baselines: [B, E] -> [B, E]."""
+
+    hidden: Sequence[int] = (512,)
+    norm: str = "bn"
+
+
+class Network(nn.Module):
+    """Backbone + optional projector: the encoder f applied to each view.
+
+    `__call__` returns the projector output [B, E] (the embedding the losses see);
+    `features` returns the backbone output [B, F] (what evaluation probes).
+    """
+
+    backbone: nn.Module
+    projector: nn.Module | None = None
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        h = self.backbone(x, train=train)
+        return h if self.projector is None else self.projector(h, train=train)
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        return self.backbone(x, train=train)

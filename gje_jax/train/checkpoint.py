@@ -1,0 +1,44 @@
+"""Orbax checkpointing of the whole TrainState, with clear errors on bad state.
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so
+a kill during a save leaves the previous checkpoint as the latest usable one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored into this run's state."""
+
+
+def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore_or_keep(mngr: ocp.CheckpointManager, state):
+    """Restores the latest checkpoint into `state`'s structure, or returns `state` when
+    there is none. Raises CheckpointError (files untouched) if it does not fit."""
+    step = mngr.latest_step()
+    if step is None:
+        return state
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    try:
+        return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises several types for corrupt / mismatched trees
+        raise CheckpointError(
+            f"Cannot restore the checkpoint of step {step} in {mngr.directory}: it is corrupt or was written by a "
+            f"different config (method, model or shapes). Nothing was overwritten. Use a new --workdir, or move "
+            f"the checkpoints away to start afresh. Cause: {type(e).__name__}: {str(e)[:500]}"
+        ) from e

@@ -1,0 +1,206 @@
+"""The training driver: data, mesh, jit, checkpoints, logging. Called by experiments/main.py."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gje_jax.data import ArraySource, batch_indices, local_slice, synthetic
+from gje_jax.models import build_network
+from gje_jax.train import checkpoint, config_check
+from gje_jax.train.methods import get_method
+from gje_jax.train.state import create_state, make_optimizer, train_step
+
+# Fields whose change makes an existing workdir's checkpoints unusable.
+_IDENTITY_FIELDS = ("method.name", "method.estimator", "method.num_components", "model", "data.name", "data.dim")
+
+
+def maybe_initialize_distributed(d) -> None:
+    """jax.distributed from config.distributed or the JAX_COORDINATOR_ADDRESS /
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables (multi-host)."""
+    addr = d.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    num = d.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if num <= 1:
+        return
+    pid = d.process_id if d.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "0"))
+    if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+        # Cross-process collectives on CPU need gloo (set before initialising).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(addr, num_processes=num, process_id=pid)
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis 'data'."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def _select(config, path):
+    val = config
+    for p in path.split("."):
+        val = val[p]
+    return val
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and exits."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def global_batch(source: ArraySource, config, step: int, sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This process loads its slice of the step's global batch and assembles the global array."""
+    idx = batch_indices(config.seed, step, len(source), config.batch_size)
+    local = source.get(idx[local_slice(config.batch_size, jax.process_index(), jax.process_count())])
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def setup(config, mesh: Mesh | None = None):
+    """Builds (state, step_fn, source, shardings) without touching the filesystem."""
+    mesh = mesh or make_mesh()
+    config_check.validate(config, num_devices=mesh.size)
+    data = synthetic.load(config.data, config.seed)
+    source = ArraySource(data)
+    views_fn = synthetic.views_for(config.data)
+    network = build_network(config.model)
+    method = get_method(config.method)
+    tx = make_optimizer(config.optim, config.num_steps)
+    replicated = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
+    example = views_fn({k: jnp.asarray(v[:2]) for k, v in data.items()}, jax.random.key(0))[0]
+    init = jax.jit(
+        functools.partial(create_state, network=network, method=method, example_input=example, tx=tx),
+        out_shardings=replicated,
+    )
+    state = init(jax.random.key(config.seed))
+    step = functools.partial(
+        train_step, method=method, views_fn=views_fn, target_momentum=config.method.target_momentum
+    )
+    step_fn = jax.jit(
+        step,
+        in_shardings=(replicated, data_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    return state, step_fn, source, data_sharding
+
+
+def _check_workdir_config(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(config.to_json())
+    for field in _IDENTITY_FIELDS:
+        try:
+            a, b = _select(old, field), _select(new, field)
+        except KeyError:
+            continue
+        if a != b:
+            raise checkpoint.CheckpointError(
+                f"{workdir} holds a run with config.{field}={a!r}, this config has {b!r}. Its checkpoints cannot "
+                f"be resumed by this config; use a new --workdir. Nothing was changed."
+            )
+
+
+def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_after: int | None = None):
+    """Trains config.num_steps steps in `workdir`, resuming from its latest checkpoint.
+
+    stop_after: stop (with a checkpoint) once this step is reached; for tests of resume.
+    Returns (final state, last logged metrics).
+    """
+    maybe_initialize_distributed(config.distributed)
+    mesh = make_mesh()
+    config_check.validate(config, num_devices=mesh.size)
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir_config(config, workdir)
+    state, step_fn, source, data_sharding = setup(config, mesh)
+    mngr = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+    state = checkpoint.restore_or_keep(mngr, state)
+    start = int(jax.device_get(state.step))
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+    writer = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(workdir, "tb"))
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+    key = jax.random.key(config.seed)
+    end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
+    bar = None
+    if progress and is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.num_steps, initial=start, desc=f"{config.method.name}", dynamic_ncols=True)
+    last = {}
+    t_last, n_last = time.perf_counter(), start
+    try:
+        with _StopFlag() as flag:
+            step = start
+            while step < end:
+                batch = global_batch(source, config, step, data_sharding)
+                state, metrics = step_fn(state, batch, key)
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                if step % config.log_every == 0 or step == end:
+                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    last["examples_per_s"] = (step - n_last) * config.batch_size / max(now - t_last, 1e-9)
+                    t_last, n_last = now, step
+                    if not np.isfinite(last["loss"]):
+                        raise FloatingPointError(
+                            f"loss is {last['loss']} at step {step} (method {config.method.name}); metrics: {last}"
+                        )
+                    if metrics_file:
+                        metrics_file.write(json.dumps({"step": step, **last}) + "\n")
+                        metrics_file.flush()
+                    if writer:
+                        for k, v in last.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", ex_s=f"{last['examples_per_s']:.0f}")
+                if step % config.checkpoint_every == 0 or step == end or flag.stop:
+                    checkpoint.save(mngr, step, state)
+                if flag.stop:
+                    print(f"Interrupted: saved step {step} in {workdir}; rerun the same command to resume.")
+                    break
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        if bar is not None:
+            bar.close()
+        if writer:
+            writer.close()
+        if metrics_file:
+            metrics_file.close()
+    return state, last
