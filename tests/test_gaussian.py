@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.stats
 import sklearn.covariance
-from helpers import random_spd
 
 import gje_jax
 from gje_jax import GaussianStats
+from tests.helpers import random_spd
 
 
 def test_fit_gaussian_matches_numpy():

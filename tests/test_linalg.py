@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from helpers import random_spd
 
 from gje_jax import linalg
+from tests.helpers import random_spd
 
 
 @pytest.mark.parametrize("d", [1, 2, 7, 16, 17, 33, 100, 130])

@@ -7,10 +7,10 @@ import pytest
 import scipy.special
 import scipy.stats
 import sklearn.mixture
-from helpers import log_softmax, random_mixture, random_spd
 
 import gje_jax
 from gje_jax import losses
+from tests.helpers import log_softmax, random_mixture, random_spd
 
 f32 = lambda x: jnp.asarray(x, jnp.float32)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.stats
 import sklearn.mixture
-from helpers import log_softmax, random_mixture, random_spd
 
 import gje_jax
 from gje_jax import GaussianMixture
+from tests.helpers import log_softmax, random_mixture, random_spd
 
 f32 = lambda x: jnp.asarray(x, jnp.float32)
 

@@ -26,4 +26,5 @@ def get_config(arg: str = ""):
         config.method.predictor_hidden = (16,)
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
+    config.lock()  # An unknown key (a typo) now fails, listing the valid ones.
     return config

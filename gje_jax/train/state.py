@@ -115,6 +115,9 @@ def train_step(
         )
     new_state = new_state.replace(method_state=method_state)
     metrics = dict(
-        metrics, loss=loss, grad_norm=optax.global_norm(grads), embedding_std=jnp.mean(jnp.std(emb.a, axis=0))
+        metrics,
+        loss=loss,
+        grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+        embedding_std=jnp.mean(jnp.std(emb.a, axis=0)),
     )
     return new_state, metrics

@@ -1,0 +1,251 @@
+"""Training system: sharding equivalence, resume, determinism, config errors, models."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from experiments.configs import synthetic_views
+from gje_jax import models
+from gje_jax.train import checkpoint, config_check, loop
+from gje_jax.train.methods import METHODS
+from gje_jax.train.state import loss_and_updates
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(method="gje", **overrides):
+    c = synthetic_views.get_config("runlocal")
+    c.method.name = method
+    for k, v in overrides.items():
+        parent = c
+        *path, last = k.split(".")
+        for p in path:
+            parent = parent[p]
+        parent[last] = v
+    return c
+
+
+def _loss_and_grads(config, mesh):
+    state, _, source, data_sharding = loop.setup(config, mesh)
+    batch = loop.global_batch(source, config, 0, data_sharding)
+    views = loop.synthetic.views_for(config.data)
+    method = loop.get_method(config.method)
+
+    @jax.jit
+    def f(state, batch):
+        a, b = views(batch, jax.random.key(3))
+        (loss, _), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(state.params, state, a, b, method)
+        return loss, grads
+
+    return jax.device_get(f(state, batch))
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("gje", {}),
+        ("gje", {"method.estimator": "ema"}),
+        ("gje", {"method.estimator": "param"}),
+        ("gmje", {}),
+        ("simclr", {}),
+        ("vicreg", {}),
+        ("predictor", {}),
+        ("gje", {"model.norm": "bn", "model.projector": "bn"}),
+    ],
+)
+def test_four_devices_equal_one_device(method, extra):
+    assert jax.device_count() >= 4, "conftest sets 4 CPU devices"
+    config = _config(method, **extra)
+    one = _loss_and_grads(config, Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    four = _loss_and_grads(config, Mesh(np.asarray(jax.devices()[:4]), ("data",)))
+    np.testing.assert_allclose(four[0], one[0], rtol=1e-5, atol=1e-5)
+    for g4, g1 in zip(jax.tree.leaves(four[1]), jax.tree.leaves(one[1])):
+        np.testing.assert_allclose(g4, g1, rtol=1e-5, atol=1e-5)
+
+
+def test_every_registered_method_trains_a_few_steps(tmp_path):
+    for name in METHODS:
+        state, metrics = loop.train_and_evaluate(
+            _config(name, num_steps=6, log_every=3), str(tmp_path / name), progress=False
+        )
+        assert int(state.step) == 6 and np.isfinite(metrics["loss"]), name
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    config = _config("gje", **{"method.estimator": "ema", "num_steps": 12, "checkpoint_every": 6})
+    straight, _ = loop.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
+    loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False, stop_after=6)
+    resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False)
+    assert int(resumed.step) == 12
+    for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(resumed.method_state), jax.tree.leaves(straight.method_state)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    config = _config("gmje", num_steps=5, log_every=1)
+    loop.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
+    loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False)
+    read = lambda d: [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in rows]
+    assert strip(read("a")) == strip(read("b"))
+
+
+def test_unknown_key_and_bad_values_fail_clearly():
+    config = _config()
+    with pytest.raises(AttributeError, match="lr"):
+        config.optim.lrr = 1.0  # locked ConfigDicts refuse new keys
+    for field, value, match in [
+        ("method.name", "gjee", "valid methods"),
+        ("optim.lr", -1.0, "config.optim.lr"),
+        ("batch_size", 63, "divisible"),
+        ("method.estimator", "batc", "estimator"),
+        ("method.momentum", 1.5, "config.method.momentum"),
+    ]:
+        bad = _config(**{field: value})
+        with pytest.raises(ValueError, match=match):
+            config_check.validate(bad, num_devices=4)
+
+
+def test_cli_rejects_unknown_override(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.main",
+            "--config=experiments/configs/synthetic_views.py:runlocal",
+            f"--workdir={tmp_path}",
+            "--config.optim.lrr=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "lrr" in out.stderr
+
+
+def test_workdir_of_another_method_is_refused_untouched(tmp_path):
+    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    with pytest.raises(checkpoint.CheckpointError, match="method.name"):
+        loop.train_and_evaluate(_config("gmje", num_steps=4), str(tmp_path), progress=False)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_incompatible_checkpoint_gives_clear_error(tmp_path):
+    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    os.remove(tmp_path / "config.json")  # hide the identity check: the restore itself must fail clearly
+    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+        loop.train_and_evaluate(_config("gje", num_steps=4, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/synthetic_views.py:runlocal",
+        f"--workdir={tmp_path}",
+        "--config.num_steps=100000",
+        "--config.checkpoint_every=100000",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(tmp_path / "metrics.jsonl"):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Interrupted: saved step" in out
+    steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+    assert steps and max(steps) > 0
+
+
+@pytest.mark.parametrize(
+    "encoder,extra,projector",
+    [
+        ("mlp", {}, "bn"),
+        ("mlp", {}, "ln"),
+        ("convnet_small", {"widths": (8, 16)}, "ln"),
+        ("resnet18", {"stem": "cifar", "width": 8}, "bn"),
+        ("resnet18", {"stem": "imagenet", "width": 8}, "bn"),
+        ("resnet50", {"stem": "cifar", "width": 4}, "bn"),
+        ("mlp", {"dtype": "bfloat16"}, "bn"),
+    ],
+)
+def test_models_forward_backward(encoder, extra, projector):
+    m = _config().model
+    m.encoder, m.projector = encoder, projector
+    for k, v in extra.items():
+        m[k] = v
+    net = models.build_network(m)
+    x = jnp.ones((2, 32, 32, 3)) if encoder != "mlp" else jnp.ones((2, 8))
+    variables = net.init(jax.random.key(0), x, train=False)
+
+    def f(params):
+        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out**2), out
+
+    (val, out), grads = jax.value_and_grad(f, has_aux=True)(variables["params"])
+    assert out.shape == (2, m.embed_dim)
+    assert np.isfinite(val) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+_TWO_PROCESS = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+sys.path.insert(0, os.getcwd())
+from tests.test_train import _config, _loss_and_grads
+from jax.sharding import Mesh
+loss, grads = _loss_and_grads(_config("gje"), Mesh(np.asarray(jax.devices()), ("data",)))
+if pid == 0:
+    json.dump({"loss": float(loss), "grads": [np.asarray(g).tolist() for g in jax.tree.leaves(grads)]}, open(out, "w"))
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_match_one_process(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_TWO_PROCESS)
+    out = tmp_path / "result.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), str(port), str(out)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+    got = json.load(open(out))
+    loss, grads = _loss_and_grads(_config("gje"), Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-5, atol=1e-5)
+    for g2, g1 in zip(got["grads"], jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(g2), g1, rtol=1e-5, atol=1e-5)
