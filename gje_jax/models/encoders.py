@@ -16,9 +16,13 @@ import jax
 import jax.numpy as jnp
 
 
+def _bn(train: bool, dtype, name: str | None = None) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
+
+
 def _norm(kind: str, train: bool, dtype, name: str | None = None):
     if kind == "bn":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
+        return _bn(train, dtype, name)
     if kind == "ln":
         return nn.LayerNorm(dtype=dtype, name=name)
     if kind == "none":
@@ -54,7 +58,7 @@ class SmallConvNet(nn.Module):
         x = x.astype(self.dtype)
         for i, w in enumerate(self.widths):
             x = nn.Conv(w, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_{i}")(x)
-            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn_{i}")(x))
+            x = nn.relu(_bn(train, self.dtype, f"bn_{i}")(x))
             if i < len(self.widths) - 1:
                 x = nn.max_pool(x, (2, 2), (2, 2))
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
@@ -67,7 +71,7 @@ class _BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train):
-        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
+        bn = lambda name: _bn(train, self.dtype, name)
         y = nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(bn("bn1")(y))
         y = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype, name="conv2")(y)
@@ -86,7 +90,7 @@ class _Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train):
-        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name)
+        bn = lambda name: _bn(train, self.dtype, name)
         y = nn.relu(bn("bn1")(nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype, name="conv1")(x)))
         y = nn.relu(
             bn("bn2")(nn.Conv(self.filters, (3, 3), self.strides, use_bias=False, dtype=self.dtype, name="conv2")(y))
@@ -123,7 +127,7 @@ class ResNet(nn.Module):
             )(x)
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}.")
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="stem_bn")(x))
+        x = nn.relu(_bn(train, self.dtype, "stem_bn")(x))
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
         block = _Bottleneck if self.bottleneck else _BasicBlock
