@@ -70,17 +70,38 @@ def component_log_probs(
     w_mu = jnp.einsum("kde,ke->kd", w, means)
     log_norm = -linalg.half_logdet(scale_trils) - 0.5 * d * linalg.LOG_2PI  # [K]
 
-    w_flat = w.reshape(k * d, d)
-
     def chunk(zc):
-        # One [K*D, D] x [D, n] GEMM rather than K small batched matmuls: much faster
-        # on CPU for many small components, and the same on accelerators.
-        resid = (w_flat @ zc.T).reshape(k, d, -1) - w_mu[:, :, None]  # [K, D, n]
-        maha = jnp.sum(resid * resid, axis=1).T  # [n, K]
+        resid = _whiten(w, zc) - w_mu  # [n, K, D]
+        maha = jnp.sum(resid * resid, axis=-1)  # [n, K]
         return jnp.concatenate([log_norm - 0.5 * maha, maha], axis=-1)
 
     out = _map_over_rows(chunk, z, _rows_per_chunk(k, d, chunk_elements))
     return out[:, :k], out[:, k:]
+
+
+_TRI_BLOCK = 64  # Row-block size of the triangular product for large D.
+
+
+def _whiten(w: jax.Array, z: jax.Array) -> jax.Array:
+    """W_k z_n for lower-triangular W [K, D, D] and points z [n, D], as [n, K, D].
+
+    Small D: one [n, D] x [D, K*D] GEMM (much faster on CPU than K small batched
+    matmuls). Large D: each row block of W multiplies only the columns up to its
+    diagonal block, so the product costs ~ (1/2 + 1/(2m)) of the dense one (m blocks),
+    close to a triangular solve's N*D^2 flops but still pure GEMMs.
+    """
+    k, d, _ = w.shape
+    # Blocking measured faster for K > 1 (8192 x 8 x 256: fwd 108 -> 70 ms, grad 469 -> 364 ms
+    # on 2 CPU cores) but slower in the gradient for K = 1 (D = 512: 73 -> 89 ms).
+    m = min(4, d // _TRI_BLOCK) if k > 1 else 1
+    if m < 2:
+        return (z @ w.reshape(k * d, d).T).reshape(-1, k, d)
+    edges = [round(i * d / m) for i in range(m + 1)]
+    parts = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        rows = w[:, lo:hi, :hi].reshape(k * (hi - lo), hi)
+        parts.append((z[:, :hi] @ rows.T).reshape(-1, k, hi - lo))
+    return jnp.concatenate(parts, axis=2)
 
 
 def _check_params(log_weights, means, scale_trils) -> None:

@@ -202,3 +202,13 @@ def test_public_api_names():
         assert hasattr(gje_jax, name)
     for name in ["gje_loss", "gmje_loss", "geometry_term", "trace_trap_report", "infonce", "gmje_contrastive"]:
         assert hasattr(gje_jax.losses, name)
+
+
+@pytest.mark.parametrize("d", [8, 130, 256])
+def test_blocked_triangular_product_matches_dense(d):
+    from gje_jax.mixture import _whiten
+
+    rng = np.random.default_rng(d)
+    w = np.tril(rng.normal(size=(3, d, d)))
+    z = rng.normal(size=(5, d))
+    np.testing.assert_allclose(_whiten(f32(w), f32(z)), np.einsum("kde,ne->nkd", w, z), rtol=1e-4, atol=1e-4)
