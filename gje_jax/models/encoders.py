@@ -64,11 +64,15 @@ class SmallConvNet(nn.Module):
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
-class _BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """Fields shared by the residual blocks."""
+
     filters: int
     strides: int
     dtype: Any
 
+
+class _BasicBlock(_Block):
     @nn.compact
     def __call__(self, x, train):
         bn = lambda name: _bn(train, self.dtype, name)
@@ -83,11 +87,7 @@ class _BasicBlock(nn.Module):
         return nn.relu(x + y)
 
 
-class _Bottleneck(nn.Module):
-    filters: int
-    strides: int
-    dtype: Any
-
+class _Bottleneck(_Block):
     @nn.compact
     def __call__(self, x, train):
         bn = lambda name: _bn(train, self.dtype, name)
