@@ -286,3 +286,18 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert int(a.step) == int(b.step) == 40
     for x, y in zip(jax.tree.leaves((a.params, a.method_state)), jax.tree.leaves((b.params, b.method_state))):
         np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_truncated_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
+    config = _config("gje", num_steps=2, log_every=1, checkpoint_every=2)
+    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    step_dir = tmp_path / "checkpoints" / "2"
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name]
+    assert files
+    for p in files:  # truncate every data file to half its size
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    snapshot = {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()}
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        loop.train_and_evaluate(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
+    assert {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()} == snapshot
