@@ -28,9 +28,10 @@ def check_views(c, t) -> tuple[jax.Array, jax.Array]:
     return c, t
 
 
-def _half_logdet_of_batch(x, eps_rel, eps_abs):
-    _, s = g.empirical_moments(x)
-    return linalg.half_logdet(linalg.cholesky(g.regularize(s, eps_rel, eps_abs)))
+def _geometry_from_cov(s: jax.Array, split: int, eps_rel: float, eps_abs: float) -> jax.Array:
+    """G from the joint batch covariance s [D, D]: its diagonal blocks are S_cc and S_tt."""
+    half = lambda block: linalg.half_logdet(linalg.cholesky(g.regularize(block, eps_rel, eps_abs)))
+    return half(s[:split, :split]) + half(s[split:, split:])
 
 
 @functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs"))
@@ -47,7 +48,8 @@ def geometry_term(
       (exactly, when eps_abs = 0).
     """
     c, t = check_views(c, t)
-    return _half_logdet_of_batch(c, eps_rel, eps_abs) + _half_logdet_of_batch(t, eps_rel, eps_abs)
+    _, s = g.empirical_moments(jnp.concatenate([c, t], axis=-1))
+    return _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs)
 
 
 def gje_loss(
@@ -81,11 +83,15 @@ def gje_loss(
     """
     c, t = check_views(c, t)
     z = jnp.concatenate([c, t], axis=-1)
-    batch_fit = None
+    # One pass over the batch: its moments serve the batch density, G and the metrics.
+    mu, s = g.empirical_moments(z)
+    batch_fit = GaussianMixture(
+        jnp.zeros((1,), z.dtype), mu[None], linalg.cholesky(g.regularize(s, eps_rel, eps_abs))[None]
+    )
     if estimator == "batch":
         if density is not None:
             raise ValueError("estimator='batch' fits the density from the batch; pass density=None.")
-        batch_fit = dens = g.fit_gaussian(z, eps_rel, eps_abs)
+        dens = batch_fit
     elif estimator in ("ema", "param"):
         if density is None:
             raise ValueError(
@@ -111,13 +117,10 @@ def gje_loss(
 
     logp, maha = component_log_probs(z, dens.means, dens.chols)
     nll = -jnp.mean(logp)
-    geo = geometry_term(c, t, eps_rel=eps_rel, eps_abs=eps_abs) if lambda_geo else jnp.zeros((), z.dtype)
+    geo = _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs) if lambda_geo else jnp.zeros((), z.dtype)
     loss = nll - lambda_geo * geo
 
-    if batch_fit is None:
-        batch_fit = g.fit_gaussian(jax.lax.stop_gradient(z), eps_rel, eps_abs)
-    batch_fit = jax.lax.stop_gradient(batch_fit)
-    _, s = g.empirical_moments(jax.lax.stop_gradient(z))
+    batch_fit, s = jax.lax.stop_gradient((batch_fit, s))
     metrics = {
         "loss": loss,
         "nll": nll,
