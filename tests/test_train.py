@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -301,3 +302,24 @@ def test_truncated_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
         loop.train_and_evaluate(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
     assert {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()} == snapshot
+
+
+def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path):
+    """A save killed midway leaves orbax's unfinalised temporary directory; resume must
+    ignore it, restart from the last complete step and end where an uninterrupted run ends."""
+    config = _config("gje", num_steps=4, log_every=1, checkpoint_every=2)
+    straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"), progress=False)
+    work = tmp_path / "interrupted"
+    loop.train_and_evaluate(config, str(work), progress=False, stop_after=2)
+    partial = work / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"
+    shutil.copytree(work / "checkpoints" / "2", partial)
+    for p in partial.rglob("*"):
+        if p.is_file():
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    mngr = checkpoint.make_manager(str(work))
+    assert mngr.latest_step() == 2
+    mngr.close()
+    resumed, _ = loop.train_and_evaluate(config, str(work), progress=False)
+    assert int(resumed.step) == 4
+    for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
