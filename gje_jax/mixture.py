@@ -337,12 +337,16 @@ class ConditionalMixture:
       log_weights: [N, K] normalised log responsibilities r_k(c_n).
       means: [N, K, d_t] conditional component means m_k(c_n).
       chols: [K, d_t, d_t] factors shared by all queries (prototype GMJE, GNG, SMC), or
-        [N, K, d_t, d_t] per query (the MDN head).
+        [N, K, d_t, d_t] per query (the MDN head with full covariances), or, when
+        `diagonal` is True, [N, K, d_t] per-query standard deviations (the MDN head with
+        diagonal covariances: no [N, K, d_t, d_t] array is ever formed).
+      diagonal: static flag selecting the last layout.
     """
 
     log_weights: jax.Array
     means: jax.Array
     chols: jax.Array
+    diagonal: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def num_queries(self) -> int:
@@ -359,18 +363,37 @@ class ConditionalMixture:
     def check_shapes(self) -> ConditionalMixture:
         v.check_rank(self.log_weights, 2, "log_weights", "[N, K]")
         v.check_rank(self.means, 3, "means", "[N, K, d_t]")
-        v.check_rank(self.chols, (3, 4), "chols", "[K, d_t, d_t] or [N, K, d_t, d_t]")
         n, k, d = self.means.shape
         if self.log_weights.shape != (n, k):
             raise ValueError(
                 f"log_weights shape {tuple(self.log_weights.shape)} does not match means {tuple(self.means.shape)}."
             )
+        if self.diagonal:
+            if self.chols.shape != (n, k, d):
+                raise ValueError(
+                    f"diagonal scales must have shape [N, K, d_t] = {(n, k, d)}, got {tuple(self.chols.shape)}."
+                )
+            return self
+        v.check_rank(self.chols, (3, 4), "chols", "[K, d_t, d_t] or [N, K, d_t, d_t]")
         if self.chols.shape[-3:] != (k, d, d) or (self.chols.ndim == 4 and self.chols.shape[0] != n):
             raise ValueError(f"chols shape {tuple(self.chols.shape)} does not match means {tuple(self.means.shape)}.")
         return self
 
     def _covs(self) -> jax.Array:
         return self.chols @ jnp.swapaxes(self.chols, -1, -2)
+
+    def _component_log_probs(self, t: jax.Array) -> jax.Array:
+        """log N(t_n | m_k(c_n), S_k): [N, K]."""
+        resid = t[:, None, :] - self.means  # [N, K, d_t]
+        if self.diagonal:
+            white = resid / self.chols
+            half_logdet = jnp.sum(jnp.log(self.chols), axis=-1)
+        else:
+            w = linalg.tril_inverse(self.chols)
+            spec = "kde,nke->nkd" if self.chols.ndim == 3 else "nkde,nke->nkd"
+            white = jnp.einsum(spec, w, resid)
+            half_logdet = linalg.half_logdet(self.chols)
+        return -0.5 * jnp.sum(white * white, -1) - half_logdet - 0.5 * self.dim * linalg.LOG_2PI
 
     def log_prob(self, t: jax.Array) -> jax.Array:
         """log p(t_n | c_n). t: [N, d_t] -> [N]."""
@@ -381,14 +404,7 @@ class ConditionalMixture:
             raise ValueError(
                 f"t must have shape {(self.num_queries, self.dim)} (one target per query), got {tuple(t.shape)}."
             )
-        w = linalg.tril_inverse(self.chols)
-        resid = t[:, None, :] - self.means  # [N, K, d_t]
-        if self.chols.ndim == 3:
-            white = jnp.einsum("kde,nke->nkd", w, resid)
-        else:
-            white = jnp.einsum("nkde,nke->nkd", w, resid)
-        comp = -0.5 * jnp.sum(white * white, -1) - linalg.half_logdet(self.chols) - 0.5 * self.dim * linalg.LOG_2PI
-        return jax.nn.logsumexp(self.log_weights + comp, axis=-1)
+        return jax.nn.logsumexp(self.log_weights + self._component_log_probs(t), axis=-1)
 
     def mean(self) -> jax.Array:
         """E[t | c]: [N, d_t]."""
@@ -401,6 +417,9 @@ class ConditionalMixture:
         r = jnp.exp(self.log_weights)
         centred = self.means - self.mean()[:, None, :]
         spread = jnp.einsum("nk,nkd,nke->nde", r, centred, centred)
+        if self.diagonal:
+            within = jnp.einsum("nk,nkd->nd", r, self.chols * self.chols)
+            return spread + within[..., None] * jnp.eye(self.dim, dtype=within.dtype)
         covs = self._covs()
         within = jnp.einsum("nk,kde->nde", r, covs) if covs.ndim == 3 else jnp.einsum("nk,nkde->nde", r, covs)
         return within + spread
@@ -416,8 +435,11 @@ class ConditionalMixture:
         loc = jnp.einsum("qsk,qkd->qsd", onehot, self.means)
         # Every component transforms the noise ([N, n, K, d_t], one matmul) and the drawn
         # one is kept: no [N, n, d_t, d_t] gather of factors.
-        spec = "kde,qse->qskd" if self.chols.ndim == 3 else "qkde,qse->qskd"
-        noise = jnp.einsum("qsk,qskd->qsd", onehot, jnp.einsum(spec, self.chols, eps))
+        if self.diagonal:
+            noise = jnp.einsum("qsk,qkd->qsd", onehot, self.chols) * eps
+        else:
+            spec = "kde,qse->qskd" if self.chols.ndim == 3 else "qkde,qse->qskd"
+            noise = jnp.einsum("qsk,qskd->qsd", onehot, jnp.einsum(spec, self.chols, eps))
         return loc + noise
 
     def modes(self) -> tuple[jax.Array, jax.Array]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from gje_jax.models.encoders import MLP, Network, Predictor, Projector, ResNet, SmallConvNet, resnet18, resnet50
+from gje_jax.models.heads import MDNHead
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -31,6 +32,7 @@ def build_network(m) -> Network:
 
 
 __all__ = [
+    "MDNHead",
     "MLP",
     "Network",
     "Predictor",

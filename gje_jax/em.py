@@ -1,0 +1,190 @@
+"""Prototype GMJE by online EM (METHOD section 4): stop-gradient mixture parameters
+updated from EMA sufficient statistics, k-means++ initialisation from the first batch,
+and re-seeding of dead components at poorly explained samples.
+
+The EMA of the sufficient statistics (N_k, sum gamma z, sum gamma z z^T) is carried in
+its normalised, centred form (weights pi_k, means mu_k, covariances Sigma_k): merging a
+batch's statistics uses the pooled-variance identity, which is the same EMA without the
+float32 cancellation of E[z z^T] - mu mu^T.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from gje_jax import _validation as v
+from gje_jax import linalg
+from gje_jax.gaussian import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, regularize
+from gje_jax.mixture import GaussianMixture, component_log_probs
+
+
+@flax.struct.dataclass
+class EMState:
+    """weights [K] (sum to one); means [K, D]; covs [K, D, D] (without the ridge);
+    chols [K, D, D] factors of the regularised covs (cached for the loss);
+    initialized [] bool; num_reseeded [] int32 (cumulative, for logging)."""
+
+    weights: jax.Array
+    means: jax.Array
+    covs: jax.Array
+    chols: jax.Array
+    initialized: jax.Array
+    num_reseeded: jax.Array
+
+    @classmethod
+    def create(cls, key: jax.Array, num_components: int, dim: int, dtype=jnp.float32) -> EMState:
+        """Placeholder prototypes (standard normal means, identity covariances); the first
+        `update` replaces them by k-means++ on its batch."""
+        if num_components < 1:
+            raise ValueError(f"Online EM needs num_components >= 1, got {num_components}.")
+        k, d = num_components, dim
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (k, d, d))
+        return cls(
+            jnp.full((k,), 1.0 / k, dtype),
+            jax.random.normal(key, (k, d), dtype),
+            eye,
+            eye,
+            jnp.zeros((), bool),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def mixture(self) -> GaussianMixture:
+        """The current prototypes as a (stop-gradient) GaussianMixture."""
+        s = jax.lax.stop_gradient(self)
+        return GaussianMixture(jnp.log(jnp.maximum(s.weights, 1e-30)), s.means, s.chols)
+
+
+def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
+    """k-means++ seeding: the first centre uniformly, each next one with probability
+    proportional to the squared distance to the nearest chosen centre.
+
+    Args:
+      key: PRNG key; z: [N, D] points (N >= 1); num: number of centres K.
+
+    Returns:
+      [K] int32 indices into z.
+    """
+    z = v.as_float(z, "z")
+    v.check_rank(z, 2, "z", "[N, D]")
+    n = z.shape[0]
+    sq = jnp.sum(z * z, axis=-1)
+    keys = jax.random.split(key, num)
+    first = jax.random.randint(keys[0], (), 0, n)
+
+    def body(i, carry):
+        idx, best = carry
+        c = z[idx[i - 1]]
+        d2 = jnp.maximum(sq + jnp.sum(c * c) - 2.0 * z @ c, 0.0)
+        best = jnp.minimum(best, d2)
+        # All points already chosen (best == 0 everywhere): fall back to uniform.
+        logits = jnp.where(jnp.any(best > 0), jnp.log(jnp.where(best > 0, best, 1.0)), 0.0)
+        logits = jnp.where(jnp.any(best > 0) & (best <= 0), -jnp.inf, logits)
+        return idx.at[i].set(jax.random.categorical(keys[i], logits)), best
+
+    idx = jnp.zeros((num,), jnp.int32).at[0].set(first)
+    idx, _ = jax.lax.fori_loop(1, num, body, (idx, jnp.full((n,), jnp.inf, z.dtype)))
+    return idx
+
+
+def _factor(covs, eps_rel, eps_abs):
+    return linalg.cholesky(regularize(covs, eps_rel, eps_abs))
+
+
+def _batch_statistics(z: jax.Array, resp: jax.Array):
+    """Per-component share [K], mean [K, D], covariance [K, D, D] of z weighted by resp
+    [N, K]. The weighted residuals are one [K, N, D] array."""
+    nk = jnp.sum(resp, axis=0)  # [K]
+    safe = jnp.maximum(nk, 1e-12)
+    mean = (resp.T @ z) / safe[:, None]
+    r = z[None] - mean[:, None, :]  # [K, N, D]
+    cov = jnp.einsum("kn,knd,kne->kde", resp.T, r, r) / safe[:, None, None]
+    return nk / z.shape[0], mean, cov
+
+
+def _initialize(state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs) -> EMState:
+    """k-means++ seeds, one hard assignment, per-cluster moments shrunk towards the
+    batch covariance (so clusters with few points stay positive definite)."""
+    k, d = state.means.shape
+    n = z.shape[0]
+    centres = z[kmeans_plus_plus(key, z, k)]
+    d2 = jnp.sum(z * z, -1, keepdims=True) + jnp.sum(centres * centres, -1) - 2.0 * z @ centres.T
+    hard = jax.nn.one_hot(jnp.argmin(d2, axis=1), k, dtype=z.dtype)
+    share, mean, cov = _batch_statistics(z, hard)
+    counts = share * n
+    r = z - jnp.mean(z, axis=0)
+    glob = (r.T @ r) / n
+    mean = jnp.where(counts[:, None] > 0, mean, centres)
+    cov = (counts[:, None, None] * cov + glob) / (counts[:, None, None] + 1.0)
+    weights = (counts + 1.0) / (n + k)
+    return EMState(weights, mean, cov, _factor(cov, eps_rel, eps_abs), jnp.ones((), bool), state.num_reseeded)
+
+
+def update(
+    state: EMState,
+    z: jax.Array,
+    key: jax.Array,
+    *,
+    momentum: float = 0.9,
+    dead_threshold: float | None = None,
+    eps_rel: float = DEFAULT_EPS_REL,
+    eps_abs: float = DEFAULT_EPS_ABS,
+) -> tuple[EMState, dict[str, jax.Array]]:
+    """One online-EM step on the batch z [N, D] (stop-gradient).
+
+    E-step: responsibilities under the current prototypes. M-step: EMA (momentum) of the
+    normalised sufficient statistics, merged with the pooled-variance identity. Dead
+    components (weight < dead_threshold, default 1 / (10 K)) are re-seeded k-means++
+    style at samples drawn with probability increasing in their NLL under the mixture.
+    The first call on an uninitialised state seeds by k-means++ instead.
+
+    Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight'}).
+    """
+    z = jax.lax.stop_gradient(v.as_float(z, "z"))
+    v.check_rank(z, 2, "z", "[N, D]")
+    k, d = state.means.shape
+    if z.shape[1] != d:
+        raise ValueError(f"z has D = {z.shape[1]} but the prototypes have D = {d}.")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
+    threshold = 1.0 / (10 * k) if dead_threshold is None else dead_threshold
+    k_init, k_seed = jax.random.split(key)
+    state = jax.lax.cond(
+        state.initialized, lambda s: s, lambda s: _initialize(s, z, k_init, eps_rel, eps_abs), state
+    )
+    log_w = jnp.log(jnp.maximum(state.weights, 1e-30))
+    comp, _ = component_log_probs(z, state.means, state.chols)
+    joint = log_w + comp
+    log_p = jax.nn.logsumexp(joint, axis=-1)
+    resp = jnp.exp(joint - log_p[:, None])
+    share, mean_b, cov_b = _batch_statistics(z, resp)
+    a, b = momentum * state.weights, (1.0 - momentum) * share
+    tot = jnp.maximum(a + b, 1e-30)
+    fa, fb = a / tot, b / tot
+    mean = fa[:, None] * state.means + fb[:, None] * mean_b
+    delta = state.means - mean_b
+    cov = (
+        fa[:, None, None] * state.covs
+        + fb[:, None, None] * cov_b
+        + (fa * fb)[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    )
+    weights = (a + b) / jnp.sum(a + b)
+    # Re-seed dead components at badly explained samples (k-means++ style).
+    dead = weights < threshold
+    nll = -log_p
+    logits = jnp.log(jnp.maximum(nll - jnp.min(nll), 1e-12))
+    picks = jax.random.categorical(k_seed, logits, shape=(k,))
+    alive_cov = jnp.sum(weights[:, None, None] * cov, axis=0) / jnp.sum(weights)
+    mean = jnp.where(dead[:, None], z[picks], mean)
+    cov = jnp.where(dead[:, None, None], alive_cov, cov)
+    weights = jnp.where(dead, 1.0 / k, weights)
+    weights = weights / jnp.sum(weights)
+    new = EMState(weights, mean, cov, _factor(cov, eps_rel, eps_abs), state.initialized, state.num_reseeded)
+    new = new.replace(num_reseeded=state.num_reseeded + jnp.sum(dead).astype(jnp.int32))
+    metrics = {
+        "em_log_likelihood": jnp.mean(log_p),
+        "em_reseeded": jnp.sum(dead).astype(jnp.float32),
+        "em_min_weight": jnp.min(weights),
+    }
+    return new, metrics

@@ -1,0 +1,283 @@
+"""The SMC memory bank: an importance-weighted particle system of past joint embeddings
+(METHOD section 7), with the kernel-mixture density it defines.
+
+The bank holds M particles P_m [D] (stop-gradient embeddings of past steps) with
+log-weights l_m and ages. It is the kernel mixture p(z) = sum_m w_m N(z | P_m, H),
+w = softmax(l), with a shared kernel covariance H = L_H L_H^T (isotropic h^2 I or a
+full matrix). Empty slots carry l = -inf and are never drawn or scored.
+
+Every function is pure with static shapes (jit/vmap-safe). Kernel densities whiten
+once with the [D, D] triangular inverse of L_H and form squared distances by one
+[N, M] matmul (no [N, M, D] differences), chunked over the query rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gje_jax import _validation as v
+from gje_jax import linalg, resampling
+from gje_jax.mixture import _map_over_rows
+
+# Bound on rows * M elements of one distance block ([rows, M] float32, 16 MiB).
+KDE_CHUNK_ELEMENTS = 1 << 22
+
+
+@flax.struct.dataclass
+class ParticleBank:
+    """particles [M, D]; log_weights [M] (-inf = empty slot); ages [M] int32 (steps since
+    insertion or resampling); num_resamples [] int32 (a counter, for logging)."""
+
+    particles: jax.Array
+    log_weights: jax.Array
+    ages: jax.Array
+    num_resamples: jax.Array
+
+    @classmethod
+    def empty(cls, capacity: int, dim: int, dtype=jnp.float32) -> ParticleBank:
+        if capacity < 1 or dim < 1:
+            raise ValueError(f"A bank needs capacity >= 1 and dim >= 1, got capacity={capacity}, dim={dim}.")
+        return cls(
+            jnp.zeros((capacity, dim), dtype),
+            jnp.full((capacity,), -jnp.inf, dtype),
+            jnp.zeros((capacity,), jnp.int32),
+            jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.particles.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.particles.shape[1]
+
+    @property
+    def filled(self) -> jax.Array:
+        """[M] bool: which slots hold a particle."""
+        return jnp.isfinite(self.log_weights)
+
+    def size(self) -> jax.Array:
+        """Number of filled slots. -> [] int32."""
+        return jnp.sum(self.filled).astype(jnp.int32)
+
+    def normalized_log_weights(self) -> jax.Array:
+        """log w over filled slots (-inf elsewhere); all -inf for an empty bank. -> [M]."""
+        lse = jax.nn.logsumexp(self.log_weights)
+        return jnp.where(self.filled, self.log_weights - jnp.where(jnp.isfinite(lse), lse, 0.0), -jnp.inf)
+
+    def ess(self) -> jax.Array:
+        """Effective sample size of the filled particles (0 for an empty bank). -> []."""
+        lw = self.normalized_log_weights()
+        safe = jnp.where(self.filled, lw, -jnp.inf)
+        val = jnp.exp(-jax.nn.logsumexp(2.0 * safe))
+        return jnp.where(self.size() > 0, val, 0.0)
+
+
+def silverman_factor(num: int, dim: int) -> float:
+    """Squared-bandwidth factor (4 / ((D + 2) M))^(2 / (D + 4)) of Silverman's rule, so
+    H = factor * Cov for a KDE of M points in D dimensions."""
+    return float((4.0 / ((dim + 2) * num)) ** (2.0 / (dim + 4)))
+
+
+def _pairwise_log_kernel(x: jax.Array, centres: jax.Array, log_weights: jax.Array, scale_tril: jax.Array):
+    """log sum_m exp(log_weights_m) N(x_n | centres_m, L L^T) for x [N, D] -> [N].
+
+    Whitening by W = L^{-1} turns the kernel isotropic; |u - v|^2 = |u|^2 + |v|^2 - 2 u.v
+    after centring both sets on the centres' mean (keeps the cancellation small).
+    """
+    d = x.shape[1]
+    w = linalg.tril_inverse(scale_tril)
+    shift = jnp.mean(centres, axis=0)
+    v_c = (centres - shift) @ w.T  # [M, D]
+    v_sq = jnp.sum(v_c * v_c, axis=-1)
+    log_norm = -linalg.half_logdet(scale_tril) - 0.5 * d * linalg.LOG_2PI
+    m = centres.shape[0]
+
+    def chunk(xc):
+        u = (xc - shift) @ w.T
+        d2 = jnp.maximum(jnp.sum(u * u, axis=-1, keepdims=True) + v_sq - 2.0 * u @ v_c.T, 0.0)  # [n, M]
+        return jax.nn.logsumexp(log_weights - 0.5 * d2, axis=-1, keepdims=True)
+
+    out = _map_over_rows(chunk, x, max(1, KDE_CHUNK_ELEMENTS // max(m, 1)))
+    return out[:, 0] + log_norm
+
+
+def _check_kernel(scale_tril, d: int, name: str = "scale_tril") -> jax.Array:
+    scale_tril = v.as_float(scale_tril, name)
+    if scale_tril.shape != (d, d):
+        raise ValueError(f"{name} must have shape [D, D] = {(d, d)}, got {tuple(scale_tril.shape)}.")
+    return scale_tril
+
+
+@jax.jit
+def kernel_log_prob(
+    x: jax.Array, centres: jax.Array, log_weights: jax.Array | None, scale_tril: jax.Array
+) -> jax.Array:
+    """Log-density of the kernel mixture sum_m w_m N(x | centres_m, L L^T).
+
+    Args:
+      x: [N, D] points.
+      centres: [M, D] kernel centres (particles).
+      log_weights: [M] log-weights (normalised inside; -inf entries are skipped), or
+        None for uniform weights.
+      scale_tril: [D, D] lower Cholesky factor of the shared kernel covariance.
+
+    Returns:
+      [N] float32.
+    """
+    x, centres = v.as_float(x, "x"), v.as_float(centres, "centres")
+    v.check_rank(x, 2, "x", "[N, D]")
+    v.check_rank(centres, 2, "centres", "[M, D]")
+    if x.shape[1] != centres.shape[1]:
+        raise ValueError(f"x has D = {x.shape[1]} but centres have D = {centres.shape[1]}.")
+    scale_tril = _check_kernel(scale_tril, x.shape[1])
+    m = centres.shape[0]
+    lw = jnp.full((m,), -np.log(m), x.dtype) if log_weights is None else jax.nn.log_softmax(log_weights)
+    return _pairwise_log_kernel(x, centres, lw, scale_tril)
+
+
+@functools.partial(jax.jit, static_argnames=("split",))
+def kernel_conditional_log_prob(
+    c: jax.Array,
+    t: jax.Array,
+    centres: jax.Array,
+    log_weights: jax.Array | None,
+    scale_tril: jax.Array,
+    split: int | None = None,
+) -> jax.Array:
+    """log p(t | c) under the kernel mixture over z = [c ; t]:
+    log p(c, t) - log p(c), where p(c) uses the leading block L_cc of the kernel factor
+    (the block identity of METHOD section 1; L_tt is the conditional kernel factor).
+
+    Args:
+      c: [N, d_c]; t: [N, d_t]; centres: [M, d_c + d_t]; log_weights: [M] or None;
+      scale_tril: [D, D]; split: d_c (defaults to c.shape[1]).
+
+    Returns:
+      [N] float32.
+    """
+    c, t = v.as_float(c, "c"), v.as_float(t, "t")
+    v.check_rank(c, 2, "c", "[N, d_c]")
+    v.check_rank(t, 2, "t", "[N, d_t]")
+    split = c.shape[1] if split is None else split
+    z = jnp.concatenate([c, t], axis=-1)
+    d = z.shape[1]
+    v.check_split(split, d)
+    centres = v.as_float(centres, "centres")
+    if centres.ndim != 2 or centres.shape[1] != d:
+        raise ValueError(f"centres must have shape [M, D] with D = {d}, got {tuple(centres.shape)}.")
+    scale_tril = _check_kernel(scale_tril, d)
+    m = centres.shape[0]
+    lw = jnp.full((m,), -np.log(m), z.dtype) if log_weights is None else jax.nn.log_softmax(log_weights)
+    joint = _pairwise_log_kernel(z, centres, lw, scale_tril)
+    marginal = _pairwise_log_kernel(c, centres[:, :split], lw, scale_tril[:split, :split])
+    return joint - marginal
+
+
+def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_abs: float = 1e-6) -> jax.Array:
+    """Cholesky factor of Silverman's kernel H = factor(num, D) * (cov + eps I). [D, D]."""
+    from gje_jax.gaussian import regularize
+
+    d = cov.shape[-1]
+    return linalg.cholesky(silverman_factor(num, d) * regularize(cov, eps_rel, eps_abs))
+
+
+def reweight(
+    bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_penalty: float = 0.0
+) -> ParticleBank:
+    """l_m += log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
+
+    KDE_z(x) = (1/N) sum_n N(x | z_n, H): particles in regions the current batch
+    occupies gain weight; stale ones lose it.
+    """
+    z = jax.lax.stop_gradient(v.as_float(z, "z"))
+    log_kde = kernel_log_prob(bank.particles, z, None, scale_tril)  # [M]
+    lw = bank.log_weights + log_kde - age_penalty * bank.ages.astype(z.dtype)
+    reweighted = bank.replace(log_weights=jnp.where(bank.filled, lw, -jnp.inf))
+    return reweighted.replace(log_weights=reweighted.normalized_log_weights())
+
+
+def resample(
+    bank: ParticleBank,
+    key: jax.Array,
+    *,
+    scheme: str = "systematic",
+    ess_threshold: float = 0.5,
+    rejuvenation: float = 0.0,
+    scale_tril: jax.Array | None = None,
+) -> tuple[ParticleBank, jax.Array]:
+    """If the bank is full and ESS < ess_threshold * M: draw M indices with `scheme`,
+    copy the particles, reset weights to uniform and ages to 0, and optionally jitter
+    P += rejuvenation * L_H xi. A partly filled bank is never resampled (its empty
+    slots are filled by insertion first). Returns (bank, resampled [] bool)."""
+    if not 0.0 < ess_threshold <= 1.0:
+        raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold!r}.")
+    fn = resampling.get_scheme(scheme)
+    m = bank.capacity
+    do = (bank.size() == m) & (bank.ess() < ess_threshold * m)
+
+    def go(b):
+        k_idx, k_jit = jax.random.split(key)
+        idx = fn(k_idx, b.log_weights, m)
+        parts = b.particles[idx]
+        if rejuvenation and scale_tril is not None:
+            xi = jax.random.normal(k_jit, parts.shape, parts.dtype)
+            parts = parts + rejuvenation * xi @ scale_tril.T
+        return ParticleBank(
+            parts, jnp.full((m,), -np.log(m), b.log_weights.dtype), jnp.zeros((m,), jnp.int32), b.num_resamples + 1
+        )
+
+    return jax.lax.cond(do, go, lambda b: b, bank), do
+
+
+def insert(bank: ParticleBank, z: jax.Array) -> ParticleBank:
+    """Writes the N rows of z into the lowest-weight slots (empty slots, l = -inf, come
+    first); new particles get the mean weight of the filled ones (uniform for an empty
+    bank), then all weights are renormalised. Every particle ages by one step."""
+    z = jax.lax.stop_gradient(v.as_float(z, "z"))
+    n, d = z.shape
+    if d != bank.dim:
+        raise ValueError(f"z has D = {d} but the bank holds D = {bank.dim}.")
+    if n > bank.capacity:
+        raise ValueError(f"Cannot insert N = {n} rows into a bank of capacity M = {bank.capacity}.")
+    size = bank.size()
+    mean_lw = jnp.where(size > 0, -jnp.log(jnp.maximum(size, 1).astype(z.dtype)), 0.0)
+    lw = bank.normalized_log_weights()
+    # Lowest weight first; empty slots tie at the top and top_k takes ties in index
+    # order, so an unfilled bank fills like a ring.
+    order = jnp.where(bank.filled, -lw, jnp.inf)
+    _, slots = jax.lax.top_k(order, n)
+    particles = bank.particles.at[slots].set(z)
+    lw = lw.at[slots].set(mean_lw)
+    ages = (bank.ages + 1).at[slots].set(0)
+    out = ParticleBank(particles, lw, ages, bank.num_resamples)
+    return out.replace(log_weights=out.normalized_log_weights())
+
+
+def update(
+    bank: ParticleBank,
+    z: jax.Array,
+    key: jax.Array,
+    scale_tril: jax.Array,
+    *,
+    scheme: str = "systematic",
+    ess_threshold: float = 0.5,
+    age_penalty: float = 0.0,
+    rejuvenation: float = 0.0,
+) -> tuple[ParticleBank, dict[str, jax.Array]]:
+    """One bank step with the batch z [N, D] (stop-gradient): reweight, resample if the
+    ESS is low, insert. Returns (bank, metrics {'bank_ess', 'bank_size', 'resampled'})."""
+    bank = reweight(bank, z, scale_tril, age_penalty=age_penalty)
+    ess_before = bank.ess()
+    bank, did = resample(
+        bank, key, scheme=scheme, ess_threshold=ess_threshold, rejuvenation=rejuvenation, scale_tril=scale_tril
+    )
+    bank = insert(bank, z)
+    metrics = {"bank_ess": ess_before, "bank_size": bank.size().astype(jnp.float32), "resampled": did.astype(jnp.float32)}
+    return bank, metrics

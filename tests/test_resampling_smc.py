@@ -1,0 +1,166 @@
+"""Resampling schemes and the SMC memory bank against closed forms and numpy/scipy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from gje_jax import losses, resampling, smc
+
+W = np.array([0.33, 0.02, 0.17, 0.0, 0.25, 0.125, 0.105], np.float64)
+LOGW = np.log(np.where(W > 0, W, 1e-300)).astype(np.float32)
+LOGW[3] = -np.inf
+M = 50
+assert abs(W.sum() - 1) < 1e-12
+KEYS = 2000
+
+
+def _counts(scheme):
+    fn = jax.jit(jax.vmap(lambda k: resampling.get_scheme(scheme)(k, jnp.asarray(LOGW), M)))
+    idx = np.asarray(fn(jax.random.split(jax.random.key(0), KEYS)))
+    assert idx.shape == (KEYS, M) and idx.dtype == np.int32
+    return np.stack([np.bincount(row, minlength=len(W)) for row in idx])
+
+
+@pytest.mark.parametrize("scheme", sorted(resampling.SCHEMES))
+def test_resampling_is_unbiased(scheme):
+    counts = _counts(scheme)
+    mean, se = counts.mean(0), counts.std(0, ddof=1) / np.sqrt(KEYS)
+    expected = M * W
+    # Within 4 standard errors (the deterministic schemes have tiny se: add a float floor).
+    assert np.all(np.abs(mean - expected) <= 4 * se + 1e-3), (scheme, mean, expected, se)
+    assert np.all(counts[:, 3] == 0), "a zero-weight index was drawn"
+
+
+def test_systematic_and_stratified_bounds():
+    expected = M * W
+    sys_counts = _counts("systematic")
+    assert np.all(np.abs(sys_counts - expected) < 1.0)
+    # Stratified: each count is the number of strata hits; |count - M w| < 2 holds
+    # because at most the two boundary strata of an index's interval are uncertain.
+    strat = _counts("stratified")
+    assert np.all(np.abs(strat - expected) < 2.0)
+    # Multinomial has no such bound: it must violate the systematic one sometimes.
+    assert np.any(np.abs(_counts("multinomial") - expected) >= 1.0)
+
+
+def test_residual_deterministic_part():
+    floor = np.floor(M * W)
+    np.testing.assert_array_equal(np.asarray(resampling.residual_counts(LOGW, M)), floor)
+    assert np.all(_counts("residual") >= floor)
+
+
+def test_ess_limits_and_errors():
+    assert float(resampling.ess(jnp.zeros(64))) == pytest.approx(64.0, rel=1e-5)
+    one_hot = jnp.full((64,), -jnp.inf).at[5].set(0.0)
+    assert float(resampling.ess(one_hot)) == pytest.approx(1.0, rel=1e-6)
+    w = np.random.default_rng(0).dirichlet(np.ones(30))
+    assert float(resampling.ess(jnp.log(w))) == pytest.approx(1.0 / np.sum(w**2), rel=1e-4)
+    with pytest.raises(ValueError, match="Unknown resampling scheme 'sistematic'"):
+        resampling.get_scheme("sistematic")
+    with pytest.raises(ValueError, match=r"log_weights must have shape \[M\]"):
+        resampling.systematic(jax.random.key(0), jnp.zeros((2, 3)), 4)
+
+
+def test_kernel_densities_match_scipy():
+    rng = np.random.default_rng(1)
+    d, m, n = 3, 40, 25
+    centres = rng.normal(size=(m, d)) * 2
+    lw = rng.normal(size=m)
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T + 0.3 * np.eye(d)
+    x = rng.normal(size=(n, d)) * 2
+    comp = np.stack([stats.multivariate_normal(mu, cov).logpdf(x) for mu in centres], axis=1)
+    lwn = lw - logsumexp(lw)
+    ref = logsumexp(comp + lwn, axis=1)
+    chol = np.linalg.cholesky(cov)
+    got = smc.kernel_log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(centres, jnp.float32), jnp.asarray(lw), chol)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    # Conditional: log p(t | c) = log p(c, t) - log p(c), with p(c) the marginal kernel mixture.
+    split = 1
+    comp_c = np.stack(
+        [stats.multivariate_normal(mu[:split], cov[:split, :split]).logpdf(x[:, :split]) for mu in centres], axis=1
+    )
+    ref_c = ref - logsumexp(comp_c.reshape(n, m) + lwn, axis=1)
+    got_c = smc.kernel_conditional_log_prob(
+        jnp.asarray(x[:, :split], jnp.float32), jnp.asarray(x[:, split:], jnp.float32), centres, lw, chol
+    )
+    np.testing.assert_allclose(got_c, ref_c, rtol=1e-4, atol=1e-4)
+
+
+def test_bank_fills_like_a_ring_then_replaces_lowest_weights():
+    bank = smc.ParticleBank.empty(10, 2)
+    z1 = jnp.arange(8.0).reshape(4, 2)
+    bank = smc.insert(bank, z1)
+    assert int(bank.size()) == 4
+    np.testing.assert_array_equal(np.asarray(bank.particles[:4]), np.asarray(z1))
+    np.testing.assert_allclose(np.exp(bank.normalized_log_weights()[:4]), 0.25, rtol=1e-6)
+    bank = smc.insert(bank, z1 + 100)
+    assert int(bank.size()) == 8
+    # Make slots 0 and 5 the lightest, then insert 4 rows into a bank with 2 empty slots.
+    lw = jnp.log(jnp.array([0.01, 0.2, 0.2, 0.2, 0.2, 0.02, 0.2, 0.2, 1e-30, 1e-30]))
+    lw = jnp.where(jnp.arange(10) < 8, lw, -jnp.inf)
+    bank = bank.replace(log_weights=lw)
+    bank = smc.insert(bank, -jnp.ones((4, 2)))
+    got = set(np.where(np.asarray(bank.particles)[:, 0] == -1)[0].tolist())
+    assert got == {8, 9, 0, 5}
+    assert int(bank.size()) == 10
+    assert float(jnp.sum(jnp.exp(bank.log_weights))) == pytest.approx(1.0, rel=1e-5)
+    assert np.all(np.asarray(bank.ages)[[0, 5, 8, 9]] == 0) and np.all(np.asarray(bank.ages)[[1, 2]] == 2)
+
+
+def test_reweight_favours_particles_near_the_batch_and_resamples_when_degenerate():
+    m, d = 64, 2
+    rng = np.random.default_rng(0)
+    far = rng.normal(size=(m // 2, d)) + 10.0
+    near = rng.normal(size=(m // 2, d)) * 0.3
+    bank = smc.insert(smc.ParticleBank.empty(m, d), jnp.asarray(np.concatenate([far, near]), jnp.float32))
+    assert float(bank.ess()) == pytest.approx(m, rel=1e-5)
+    z = jnp.asarray(rng.normal(size=(32, d)) * 0.3, jnp.float32)
+    chol = 0.5 * jnp.eye(d)
+    bank2 = smc.reweight(bank, z, chol)
+    w = np.exp(np.asarray(bank2.normalized_log_weights()))
+    assert w[m // 2 :].sum() > 0.999
+    assert float(bank2.ess()) < 0.5 * m
+    res, did = smc.resample(bank2, jax.random.key(0), ess_threshold=0.5)
+    assert bool(did) and int(res.num_resamples) == 1
+    assert float(res.ess()) == pytest.approx(m, rel=1e-5)
+    # Resampled copies come from the near half only.
+    assert np.all(np.abs(np.asarray(res.particles)) < 5.0)
+    # A threshold outside (0, 1] is refused.
+    with pytest.raises(ValueError, match=r"ess_threshold must be in \(0, 1\]"):
+        smc.resample(bank2, jax.random.key(0), ess_threshold=1.5)
+
+
+def test_bank_contrastive_with_uniform_weights_is_moco_infonce():
+    """Uniform bank weights + isotropic kernel tau: gmje_contrastive with the bank as
+    extra candidates equals InfoNCE against a queue (computed here in numpy)."""
+    rng = np.random.default_rng(3)
+    n, d, q, tau = 16, 8, 48, 0.2
+    c, t, queue = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(q, d))
+    bank = smc.insert(smc.ParticleBank.empty(64, d), jnp.asarray(queue, jnp.float32))
+    filled_lw = bank.log_weights - jax.nn.logsumexp(bank.log_weights) + jnp.log(bank.size().astype(jnp.float32))
+    got, _ = losses.gmje_contrastive(
+        jnp.asarray(c), jnp.asarray(t), tau=tau, extra_targets=bank.particles, extra_log_weights=filled_lw
+    )
+    un = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    cn, tn, kn = un(c), un(t), un(queue)
+    logits = np.concatenate([cn @ tn.T, cn @ kn.T], axis=1) / tau
+    ref = -np.mean(np.diag(logits[:, :n]) - logsumexp(logits, axis=1))
+    assert float(got) == pytest.approx(ref, rel=1e-5, abs=1e-5)
+
+
+def test_bank_update_is_jittable_and_bounded():
+    m, d = 32, 3
+    upd = jax.jit(lambda b, z, k: smc.update(b, z, k, 0.3 * jnp.eye(d), ess_threshold=0.9, rejuvenation=0.1))
+    bank = smc.ParticleBank.empty(m, d)
+    key = jax.random.key(0)
+    for i in range(6):
+        z = jax.random.normal(jax.random.fold_in(key, i), (12, d)) + i
+        bank, met = upd(bank, z, jax.random.fold_in(key, 100 + i))
+        assert int(bank.size()) == min(12 * (i + 1), m)
+        assert np.all(np.isfinite(np.asarray(bank.particles)))
+        assert float(jnp.sum(jnp.exp(bank.log_weights))) == pytest.approx(1.0, rel=1e-4)
+    assert int(bank.num_resamples) >= 1
