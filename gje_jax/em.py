@@ -150,9 +150,7 @@ def update(
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
     threshold = 1.0 / (10 * k) if dead_threshold is None else dead_threshold
     k_init, k_seed = jax.random.split(key)
-    state = jax.lax.cond(
-        state.initialized, lambda s: s, lambda s: _initialize(s, z, k_init, eps_rel, eps_abs), state
-    )
+    state = jax.lax.cond(state.initialized, lambda s: s, lambda s: _initialize(s, z, k_init, eps_rel, eps_abs), state)
     log_w = jnp.log(jnp.maximum(state.weights, 1e-30))
     comp, _ = component_log_probs(z, state.means, state.chols)
     joint = log_w + comp

@@ -170,9 +170,7 @@ def _step(cfg: GNGConfig, state: GNGState, x: jax.Array) -> tuple[GNGState, tupl
     )
     # 8. global error decay.
     error = error * cfg.decay
-    new = state.replace(
-        nodes=nodes, active=active, edges=edges, ages=ages, error=error, idle=idle, inputs_seen=seen
-    )
+    new = state.replace(nodes=nodes, active=active, edges=edges, ages=ages, error=error, idle=idle, inputs_seen=seen)
     return new, (s1, d2[s1])
 
 
@@ -252,7 +250,8 @@ def _refresh_statistics(state: GNGState, xs, winners, active_before, cfg: GNGCon
 def mixture(state: GNGState, floor: float = 1e-4) -> GaussianMixture:
     """The mixture view: means = node positions, covariances = EMA residual second
     moments + floor * I, weights proportional to EMA win shares; inactive nodes get
-    log-weight -inf (and an identity factor so every entry stays finite). Stop-gradient."""
+    log-weight -inf (and an identity factor so every entry stays finite). Stop-gradient.
+    An uninitialised graph (no active node) gives its placeholder nodes uniform weights."""
     s = jax.lax.stop_gradient(state)
     k, d = s.nodes.shape
     covs = jnp.broadcast_to(s.covs, (k, d, d))
@@ -260,6 +259,9 @@ def mixture(state: GNGState, floor: float = 1e-4) -> GaussianMixture:
     covs = jnp.where(s.active[:, None, None], regularize(covs, 0.0, floor), eye)
     wins = jnp.maximum(s.wins, 1e-6)
     log_w = jnp.where(s.active, jnp.log(wins), -jnp.inf)
+    # Before the first update no node is active: the placeholder nodes (at 0, identity
+    # covariances) then stand in with uniform weights, so a first loss stays finite.
+    log_w = jnp.where(jnp.any(s.active), log_w, 0.0)
     return GaussianMixture(log_w, s.nodes, linalg.cholesky(covs))
 
 

@@ -188,9 +188,7 @@ def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_ab
     return linalg.cholesky(silverman_factor(num, d) * regularize(cov, eps_rel, eps_abs))
 
 
-def reweight(
-    bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_penalty: float = 0.0
-) -> ParticleBank:
+def reweight(bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_penalty: float = 0.0) -> ParticleBank:
     """l_m += log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
 
     KDE_z(x) = (1/N) sum_n N(x | z_n, H): particles in regions the current batch
@@ -279,5 +277,9 @@ def update(
         bank, key, scheme=scheme, ess_threshold=ess_threshold, rejuvenation=rejuvenation, scale_tril=scale_tril
     )
     bank = insert(bank, z)
-    metrics = {"bank_ess": ess_before, "bank_size": bank.size().astype(jnp.float32), "resampled": did.astype(jnp.float32)}
+    metrics = {
+        "bank_ess": ess_before,
+        "bank_size": bank.size().astype(jnp.float32),
+        "resampled": did.astype(jnp.float32),
+    }
     return bank, metrics

@@ -30,6 +30,30 @@ def base_config() -> ml_collections.ConfigDict:
         predictor_loss="cosine",  # predictor: mse | cosine
         predictor_hidden=(256,),
         target_momentum=0.99,  # EMA target network of the predictor baseline
+        # gmje_em: online EM prototypes (num_components of them)
+        em_momentum=0.9,  # EMA of the sufficient statistics (also GNG's statistics)
+        dead_threshold=0.0,  # weight below which a component is re-seeded; 0 = 1 / (10 K)
+        # gmje_mdn: conditional mixture density network (num_components outputs)
+        mdn_covariance="diag",  # diag | full
+        mdn_hidden=(128,),
+        # gmje_gng: Growing Neural Gas (Fritzke 1995 defaults)
+        gng_capacity=32,
+        gng_eps_b=0.2,
+        gng_eps_n=0.006,
+        gng_max_age=50,
+        gng_insert_every=100,
+        gng_alpha=0.5,
+        gng_decay=0.995,
+        gng_covariance="node",  # node | isotropic
+        # gmje_smc: SMC memory bank
+        bank_size=4096,
+        ess_threshold=0.5,  # resample when ESS < ess_threshold * bank_size
+        resampling="systematic",  # systematic | stratified | multinomial | residual
+        rejuvenation=0.0,  # jitter of resampled particles, in kernel standard deviations
+        age_penalty=0.0,  # log-weight lost per step of age
+        bank_kernel="shared",  # shared (EMA covariance x Silverman) | isotropic
+        bank_bandwidth=0.1,  # h of the isotropic kernel
+        bank_loss="nll",  # nll | contrastive | both
     )
     c.data = dict(name="clustered", num_examples=8192, dim=32, num_clusters=8, noise=0.1)
     c.model = dict(

@@ -24,6 +24,10 @@ def get_config(arg: str = ""):
         config.model.embed_dim = 4
         config.method.num_components = 3
         config.method.predictor_hidden = (16,)
+        config.method.mdn_hidden = (16,)
+        config.method.gng_capacity = 8
+        config.method.gng_insert_every = 20
+        config.method.bank_size = 256
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
     config.lock()  # An unknown key (a typo) now fails, listing the valid ones.

@@ -17,7 +17,11 @@ def balance_term(resp: jax.Array, log_weights: jax.Array) -> jax.Array:
     inside). Zero when components are used in proportion to their weights. -> []."""
     gbar = jnp.mean(resp, axis=0)
     log_pi = jax.nn.log_softmax(log_weights)
-    return jnp.sum(jnp.where(gbar > 0, gbar * (jnp.log(jnp.where(gbar > 0, gbar, 1.0)) - log_pi), 0.0))
+    # Components with log-weight -inf (inactive GNG nodes, empty slots) have gbar = 0;
+    # both guards keep 0 * inf out of the value and the gradient.
+    used = (gbar > 0) & jnp.isfinite(log_pi)
+    safe_pi = jnp.where(used, log_pi, 0.0)
+    return jnp.sum(jnp.where(used, gbar * (jnp.log(jnp.where(used, gbar, 1.0)) - safe_pi), 0.0))
 
 
 def gmje_loss(

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from gje_jax.losses.gaussian import ESTIMATORS
 from gje_jax.losses.mixture import OBJECTIVES
+from gje_jax.models.heads import COVARIANCES
+from gje_jax.resampling import SCHEMES
 from gje_jax.train.methods import METHODS
+
+_CHOICES = {
+    "method.mdn_covariance": COVARIANCES,
+    "method.gng_covariance": ("node", "isotropic"),
+    "method.resampling": tuple(sorted(SCHEMES)),
+    "method.bank_kernel": ("shared", "isotropic"),
+    "method.bank_loss": ("nll", "contrastive", "both"),
+}
+
+
+def _get(cfg, path: str):
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _positive(cfg, path: str, integer: bool = False, allow_zero: bool = False):
-    val = cfg
-    for part in path.split("."):
-        val = getattr(val, part)
+    val = _get(cfg, path)
     ok = isinstance(val, int) if integer else isinstance(val, (int, float))
     if not ok or isinstance(val, bool) or (val < 0 if allow_zero else val <= 0):
         kind = "integer" if integer else "number"
@@ -27,7 +41,15 @@ def validate(config, num_devices: int = 1) -> None:
         raise ValueError(f"config.method.objective={m.objective!r} is unknown; valid: {list(OBJECTIVES)}.")
     if m.predictor_loss not in ("mse", "cosine"):
         raise ValueError(f"config.method.predictor_loss={m.predictor_loss!r} is unknown; valid: ['cosine', 'mse'].")
+    for path, valid in _CHOICES.items():
+        val = _get(config, path)
+        if val not in valid:
+            raise ValueError(f"config.{path}={val!r} is unknown; valid: {list(valid)}.")
     for path in (
+        "method.gng_capacity",
+        "method.gng_max_age",
+        "method.gng_insert_every",
+        "method.bank_size",
         "batch_size",
         "num_steps",
         "log_every",
@@ -37,7 +59,7 @@ def validate(config, num_devices: int = 1) -> None:
         "data.num_examples",
     ):
         _positive(config, path, integer=True)
-    for path in ("optim.lr", "method.tau", "method.floor"):
+    for path in ("optim.lr", "method.tau", "method.floor", "method.bank_bandwidth"):
         _positive(config, path)
     for path in (
         "method.lambda_geo",
@@ -46,12 +68,28 @@ def validate(config, num_devices: int = 1) -> None:
         "method.eps_abs",
         "optim.weight_decay",
         "optim.grad_clip",
+        "method.dead_threshold",
+        "method.rejuvenation",
+        "method.age_penalty",
     ):
         _positive(config, path, allow_zero=True)
-    for path in ("method.momentum", "method.target_momentum"):
-        val = eval(f"config.{path}")  # noqa: S307 -- a fixed dotted path of ours
+    for path in ("method.momentum", "method.target_momentum", "method.em_momentum"):
+        val = _get(config, path)
         if not 0.0 <= val < 1.0:
             raise ValueError(f"config.{path} must be in [0, 1), got {val!r}.")
+    for path in ("method.gng_eps_b", "method.gng_eps_n", "method.gng_alpha", "method.gng_decay"):
+        val = _get(config, path)
+        if not 0.0 <= val <= 1.0:
+            raise ValueError(f"config.{path} must be in [0, 1], got {val!r}.")
+    if not 0.0 < m.ess_threshold <= 1.0:
+        raise ValueError(f"config.method.ess_threshold must be in (0, 1], got {m.ess_threshold!r}.")
+    if m.name == "gmje_smc" and m.bank_size < config.batch_size:
+        raise ValueError(
+            f"config.method.bank_size={m.bank_size} is smaller than config.batch_size={config.batch_size}: "
+            "the SMC bank must hold at least one batch (each step inserts the whole batch)."
+        )
+    if m.name == "gmje_gng" and m.gng_capacity < 2:
+        raise ValueError(f"config.method.gng_capacity must be >= 2, got {m.gng_capacity}.")
     if config.batch_size % num_devices:
         raise ValueError(
             f"config.batch_size={config.batch_size} must be divisible by the number of devices "

@@ -21,7 +21,18 @@ from gje_jax.train.methods import get_method
 from gje_jax.train.state import create_state, make_optimizer, train_step
 
 # Fields whose change makes an existing workdir's checkpoints unusable.
-_IDENTITY_FIELDS = ("method.name", "method.estimator", "method.num_components", "model", "data.name", "data.dim")
+_IDENTITY_FIELDS = (
+    "method.name",
+    "method.estimator",
+    "method.num_components",
+    "method.mdn_covariance",
+    "method.gng_capacity",
+    "method.gng_covariance",
+    "method.bank_size",
+    "model",
+    "data.name",
+    "data.dim",
+)
 
 
 def maybe_initialize_distributed(d) -> None:

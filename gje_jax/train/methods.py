@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gje_jax import gaussian, linalg, losses
-from gje_jax.mixture import GaussianMixture
-from gje_jax.models import Predictor
+from gje_jax import em, gaussian, gng, linalg, losses, smc
+from gje_jax.mixture import ConditionalMixture, GaussianMixture
+from gje_jax.models import MDNHead, Predictor
 
 
 class Embeddings(NamedTuple):
@@ -34,57 +34,87 @@ class Embeddings(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """init(key, embed_dim) -> (method params, method state);
+    """A training objective and the state it carries.
+
+    init(key, d_c, d_t) -> (method params, method state), for embeddings of the context
+      and target views of widths d_c and d_t (equal in the shared-encoder setting);
     loss(params, state, emb) -> (loss, metrics);
-    update(state, emb, online_params) -> state   (after the optimiser step, stop-gradient)."""
+    update(state, emb, online_params, key) -> (state, metrics), after the optimiser step,
+      on stop-gradient embeddings of the global batch;
+    density(params, state) -> the GaussianMixture over [c ; t] the method holds, or None
+      (the `batch` estimator, the deterministic baselines: fit one afterwards);
+    conditional(params, state, c) -> ConditionalMixture p(t | c) for c [N, d_c], or None
+      (then use density(...).condition(c)).
+    """
 
     name: str
-    init: Callable[[jax.Array, int], tuple[Any, Any]]
+    init: Callable[[jax.Array, int, int], tuple[Any, Any]]
     loss: Callable[[Any, Any, Embeddings], tuple[jax.Array, dict]]
-    update: Callable[[Any, Embeddings, Any], Any] = lambda state, emb, online: state
+    update: Callable[[Any, Embeddings, Any, jax.Array], tuple[Any, dict]] = lambda state, emb, online, key: (state, {})
     target_network: bool = False
+    density: Callable[[Any, Any], GaussianMixture | None] = lambda params, state: None
+    conditional: Callable[[Any, Any, jax.Array], ConditionalMixture] | None = None
+
+
+def _joint(emb: Embeddings) -> jax.Array:
+    return jnp.concatenate([emb.a, emb.b], axis=-1)
 
 
 def _gje(m) -> Method:
-    def init(key, e):
-        d = 2 * e
+    def init(key, dc, dt):
+        d = dc + dt
         if m.estimator == "param":
             return {"mean": jnp.zeros((d,)), "raw": linalg.unconstrained_from_scale_tril(jnp.eye(d), m.floor)}, {}
         if m.estimator == "ema":
             return {}, {"stats": gaussian.GaussianStats.zeros(d)}
         return {}, {}
 
-    def loss(params, state, emb):
-        density = None
+    def density(params, state):
         if m.estimator == "param":
-            density = GaussianMixture(
+            return GaussianMixture(
                 jnp.zeros((1,)),
                 params["mean"][None],
                 linalg.scale_tril_from_unconstrained(params["raw"], m.floor)[None],
             )
-        elif m.estimator == "ema":
-            density = state["stats"]
+        if m.estimator == "ema":
+            return state["stats"].to_gaussian(m.eps_rel, m.eps_abs)
+        return None
+
+    def loss(params, state, emb):
         return losses.gje_loss(
             emb.a,
             emb.b,
             estimator=m.estimator,
-            density=density,
+            density=state["stats"] if m.estimator == "ema" else density(params, state),
             lambda_geo=m.lambda_geo,
             eps_rel=m.eps_rel,
             eps_abs=m.eps_abs,
         )
 
-    def update(state, emb, online):
+    def update(state, emb, online, key):
         if m.estimator != "ema":
-            return state
-        return {"stats": state["stats"].update(jnp.concatenate([emb.a, emb.b], -1), m.momentum)}
+            return state, {}
+        return {"stats": state["stats"].update(_joint(emb), m.momentum)}, {}
 
-    return Method("gje", init, loss, update)
+    return Method("gje", init, loss, update, density=density)
+
+
+def _mixture_loss(m, emb: Embeddings, mixture: GaussianMixture, lambda_bal: float):
+    return losses.gmje_loss(
+        emb.a,
+        emb.b,
+        mixture,
+        objective=m.objective,
+        lambda_geo=m.lambda_geo,
+        lambda_bal=lambda_bal,
+        eps_rel=m.eps_rel,
+        eps_abs=m.eps_abs,
+    )
 
 
 def _gmje(m) -> Method:
-    def init(key, e):
-        d, k = 2 * e, m.num_components
+    def init(key, dc, dt):
+        d, k = dc + dt, m.num_components
         params = {
             "logits": jnp.zeros((k,)),
             "means": jax.random.normal(key, (k, d)),
@@ -92,32 +122,173 @@ def _gmje(m) -> Method:
         }
         return params, {}
 
-    def loss(params, state, emb):
-        mix = GaussianMixture.from_unconstrained(params["logits"], params["means"], params["raw"], m.floor)
-        return losses.gmje_loss(
-            emb.a,
-            emb.b,
-            mix,
-            objective=m.objective,
-            lambda_geo=m.lambda_geo,
-            lambda_bal=m.lambda_bal,
+    def density(params, state):
+        return GaussianMixture.from_unconstrained(params["logits"], params["means"], params["raw"], m.floor)
+
+    return Method("gmje", init, lambda p, s, emb: _mixture_loss(m, emb, density(p, s), m.lambda_bal), density=density)
+
+
+def _gmje_em(m) -> Method:
+    """Prototypes by online EM: stop-gradient state, the encoder alone is trained."""
+
+    def init(key, dc, dt):
+        return {}, {"em": em.EMState.create(key, m.num_components, dc + dt)}
+
+    def update(state, emb, online, key):
+        new, metrics = em.update(
+            state["em"],
+            _joint(emb),
+            key,
+            momentum=m.em_momentum,
+            dead_threshold=m.dead_threshold or None,
             eps_rel=m.eps_rel,
             eps_abs=m.eps_abs,
         )
+        return {"em": new}, metrics
 
-    return Method("gmje", init, loss)
+    density = lambda params, state: state["em"].mixture()
+    return Method("gmje_em", init, lambda p, s, emb: _mixture_loss(m, emb, density(p, s), 0.0), update, density=density)
+
+
+def _gng_config(m) -> gng.GNGConfig:
+    return gng.GNGConfig(
+        eps_b=m.gng_eps_b,
+        eps_n=m.gng_eps_n,
+        max_age=m.gng_max_age,
+        insert_every=m.gng_insert_every,
+        alpha=m.gng_alpha,
+        decay=m.gng_decay,
+        momentum=m.em_momentum,
+        covariance=m.gng_covariance,
+        floor=m.floor**2,
+    )
+
+
+def _gmje_gng(m) -> Method:
+    """Growing Neural Gas over joint embeddings; its graph is the mixture."""
+    cfg = _gng_config(m)
+
+    def init(key, dc, dt):
+        return {}, {"gng": gng.GNGState.create(m.gng_capacity, dc + dt, covariance=cfg.covariance)}
+
+    def update(state, emb, online, key):
+        new, metrics = gng.update(state["gng"], _joint(emb), cfg)
+        return {"gng": new}, metrics
+
+    density = lambda params, state: gng.mixture(state["gng"], cfg.floor)
+    return Method(
+        "gmje_gng", init, lambda p, s, emb: _mixture_loss(m, emb, density(p, s), 0.0), update, density=density
+    )
+
+
+def _mdn_head(m, dt: int) -> MDNHead:
+    return MDNHead(
+        num_components=m.num_components,
+        out_dim=dt,
+        hidden=tuple(m.mdn_hidden),
+        covariance=m.mdn_covariance,
+        floor=m.floor,
+    )
+
+
+def _gmje_mdn(m) -> Method:
+    """A conditional mixture density network p(t | c) on the context embedding."""
+
+    def init(key, dc, dt):
+        return {"mdn": _mdn_head(m, dt).init(key, jnp.zeros((1, dc)))["params"]}, {}
+
+    def conditional(params, state, c):
+        dt = params["mdn"]["means"]["kernel"].shape[-1] // m.num_components
+        return _mdn_head(m, dt).apply({"params": params["mdn"]}, c)
+
+    def loss(params, state, emb):
+        cond = conditional(params, state, emb.a)
+        nll = -jnp.mean(cond.log_prob(emb.b))
+        geo = (
+            losses.geometry_term(emb.a, emb.b, eps_rel=m.eps_rel, eps_abs=m.eps_abs) if m.lambda_geo else jnp.zeros(())
+        )
+        loss = nll - m.lambda_geo * geo
+        return loss, {"loss": loss, "nll": nll, "geometry": geo}
+
+    return Method("gmje_mdn", init, loss, conditional=conditional)
+
+
+def _bank_kernel(m, state) -> jax.Array:
+    """Cholesky factor of the bank's kernel covariance H [D, D]."""
+    bank: smc.ParticleBank = state["bank"]
+    d = bank.dim
+    if m.bank_kernel == "isotropic":
+        return m.bank_bandwidth * jnp.eye(d)
+    return smc.kernel_scale_tril(state["stats"].cov, bank.capacity, eps_rel=m.eps_rel, eps_abs=m.eps_abs)
+
+
+def _gmje_smc(m) -> Method:
+    """The batch scored against an SMC particle bank of past joint embeddings."""
+
+    def init(key, dc, dt):
+        d = dc + dt
+        return {}, {"bank": smc.ParticleBank.empty(m.bank_size, d), "stats": gaussian.GaussianStats.zeros(d)}
+
+    def loss(params, state, emb):
+        bank: smc.ParticleBank = jax.lax.stop_gradient(state["bank"])
+        chol = jax.lax.stop_gradient(_bank_kernel(m, state))
+        have = bank.size() > 0
+        # An empty bank (the first step) scores nothing: uniform placeholder weights keep
+        # every intermediate finite, and the mask removes the term.
+        lw = jnp.where(have, bank.log_weights, 0.0)
+        zero = jnp.zeros((), emb.a.dtype)
+        nll = contrastive = zero
+        if m.bank_loss in ("nll", "both"):
+            lp = smc.kernel_conditional_log_prob(emb.a, emb.b, bank.particles, lw, chol)
+            nll = jnp.where(have, -jnp.mean(lp), 0.0)
+        if m.bank_loss in ("contrastive", "both"):
+            dc = emb.a.shape[1]
+            # Bank weights as priors, rescaled so a uniform bank matches the batch candidates.
+            prior = jnp.where(bank.filled, lw - jax.nn.logsumexp(lw) + jnp.log(jnp.maximum(bank.size(), 1)), -jnp.inf)
+            contrastive, _ = losses.gmje_contrastive(
+                emb.a, emb.b, tau=m.tau, extra_targets=bank.particles[:, dc:], extra_log_weights=prior
+            )
+        geo = losses.geometry_term(emb.a, emb.b, eps_rel=m.eps_rel, eps_abs=m.eps_abs) if m.lambda_geo else zero
+        loss = nll + contrastive - m.lambda_geo * geo
+        return loss, {"loss": loss, "nll": nll, "contrastive": contrastive, "geometry": geo}
+
+    def update(state, emb, online, key):
+        z = _joint(emb)
+        stats = state["stats"].update(z, m.momentum)
+        new_state = {"bank": state["bank"], "stats": stats}
+        bank, metrics = smc.update(
+            state["bank"],
+            z,
+            key,
+            _bank_kernel(m, new_state),
+            scheme=m.resampling,
+            ess_threshold=m.ess_threshold,
+            age_penalty=m.age_penalty,
+            rejuvenation=m.rejuvenation,
+        )
+        return {"bank": bank, "stats": stats}, metrics
+
+    def density(params, state):
+        # The kernel mixture as a GaussianMixture with one shared factor (M components).
+        bank = state["bank"]
+        chol = _bank_kernel(m, state)
+        return GaussianMixture(bank.log_weights, bank.particles, jnp.broadcast_to(chol, (bank.capacity,) + chol.shape))
+
+    return Method("gmje_smc", init, loss, update, density=density)
 
 
 def _simclr(m) -> Method:
     return Method(
-        "simclr", lambda key, e: ({}, {}), lambda p, s, emb: losses.infonce(emb.a, emb.b, tau=m.tau, symmetric=True)
+        "simclr",
+        lambda key, dc, dt: ({}, {}),
+        lambda p, s, emb: losses.infonce(emb.a, emb.b, tau=m.tau, symmetric=True),
     )
 
 
 def _vicreg(m) -> Method:
     return Method(
         "vicreg",
-        lambda key, e: ({}, {}),
+        lambda key, dc, dt: ({}, {}),
         lambda p, s, emb: losses.vicreg_loss(
             emb.a, emb.b, sim_weight=m.vicreg_sim, var_weight=m.vicreg_var, cov_weight=m.vicreg_cov
         ),
@@ -129,7 +300,7 @@ def _predictor(m) -> Method:
     def head(e):
         return Predictor(hidden=tuple(m.predictor_hidden), out_dim=e, norm="ln")
 
-    def init(key, e):
+    def init(key, e, _):
         return {"predictor": head(e).init(key, jnp.zeros((1, e)))["params"]}, {}
 
     def loss(params, state, emb):
@@ -147,6 +318,10 @@ def _predictor(m) -> Method:
 METHODS: dict[str, Callable[[Any], Method]] = {
     "gje": _gje,
     "gmje": _gmje,
+    "gmje_em": _gmje_em,
+    "gmje_mdn": _gmje_mdn,
+    "gmje_gng": _gmje_gng,
+    "gmje_smc": _gmje_smc,
     "simclr": _simclr,
     "vicreg": _vicreg,
     "predictor": _predictor,

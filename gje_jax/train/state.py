@@ -53,7 +53,7 @@ def create_state(
     k_enc, k_method = jax.random.split(key)
     variables = network.init(k_enc, example_input, train=False)
     embed_dim = jax.eval_shape(lambda v: network.apply(v, example_input, train=False), variables).shape[-1]
-    method_params, method_state = method.init(k_method, embed_dim)
+    method_params, method_state = method.init(k_method, embed_dim, embed_dim)
     if method.target_network:
         method_state = dict(method_state, target=variables["params"])
     params = {"encoder": variables["params"], "method": method_params}
@@ -108,7 +108,9 @@ def train_step(
     (loss, (metrics, new_bs, emb)), grads = grad_fn(state.params, state, view_a, view_b, method)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_bs)
     emb = jax.tree.map(jax.lax.stop_gradient, emb)
-    method_state = method.update(state.method_state, emb, new_state.params)
+    method_state, update_metrics = method.update(
+        state.method_state, emb, new_state.params, jax.random.fold_in(step_key, 1)
+    )
     if method.target_network:
         method_state = dict(
             method_state, target=ema_update(method_state["target"], new_state.params["encoder"], target_momentum)
@@ -116,6 +118,7 @@ def train_step(
     new_state = new_state.replace(method_state=method_state)
     metrics = dict(
         metrics,
+        **update_metrics,
         loss=loss,
         grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
         embedding_std=jnp.mean(jnp.std(emb.a, axis=0)),
