@@ -1,9 +1,12 @@
 r"""The one entry point.
 
-  python -m experiments.main                                   # the embedded default demo
+  python -m experiments.main                                   # the default job (below)
   python -m experiments.main --config=experiments/configs/NAME.py --workdir=DIR [--config.x.y=v]
 
-With a config it trains, writing DIR/config.json, DIR/metrics.jsonl, TensorBoard events
+With no flags it runs the synthetic multi-modal alignment comparison on `two_branch`
+(every method, ~2 minutes on 2 CPU cores) into runs/alignment. A config whose
+`experiment` field is 'alignment' or 'trap' runs that experiment; any other config
+trains one method: writing DIR/config.json, DIR/metrics.jsonl, TensorBoard events
 in DIR/tb and orbax checkpoints in DIR/checkpoints; rerunning the same command resumes
 from the latest checkpoint. Ctrl-C / SIGTERM save at the next step and exit cleanly.
 """
@@ -23,16 +26,29 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if _CONFIG.value is None:
-        from experiments import demo_two_branch
+    config = _CONFIG.value
+    command = " ".join(["python -m experiments.main"] + sys.argv[1:])
+    if config is None:
+        from experiments import alignment
+        from experiments.configs import alignment as alignment_config
 
-        demo_two_branch.run(workdir=_WORKDIR.value or "runs/demo")
+        alignment.run(alignment_config.get_config(), _WORKDIR.value or "runs/alignment", command=command)
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required with --config.")
-    from gje_jax.train import loop
+    kind = config.get("experiment", "train")
+    if kind == "alignment":
+        from experiments import alignment
 
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        alignment.run(config, _WORKDIR.value, command=command)
+    elif kind == "trap":
+        from experiments import trap
+
+        trap.run(config, _WORKDIR.value, command=command)
+    else:
+        from gje_jax.train import loop
+
+        loop.train_and_evaluate(config, _WORKDIR.value)
 
 
 def run():

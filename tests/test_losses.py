@@ -216,3 +216,25 @@ def test_view_shape_errors_name_the_shapes():
         losses.infonce(jnp.ones((4, 2)), jnp.ones((4, 3)))
     with pytest.raises(ValueError, match="at least 1"):
         losses.gje_loss(jnp.ones((0, 2)), jnp.ones((0, 2)))
+
+
+def test_target_geometry_term_and_conditional_scale_invariance():
+    from gje_jax.losses import target_geometry_term
+
+    rng = np.random.default_rng(7)
+    c = rng.normal(size=(300, 3)).astype(np.float32)
+    t = (c[:, :2] @ rng.normal(size=(2, 2)) + 0.5 * rng.normal(size=(300, 2))).astype(np.float32)
+    s = np.cov(t.T, bias=True)
+    eps = 1e-4 * np.trace(s) / 2 + 1e-6
+    ref = 0.5 * np.linalg.slogdet(s + eps * np.eye(2))[1]
+    assert float(target_geometry_term(jnp.asarray(t))) == pytest.approx(ref, rel=1e-4, abs=1e-5)
+    # conditional NLL - G_t is invariant to scaling the embeddings and the mixture by s.
+    lw, means, covs, chols = random_mixture(rng, 3, 5)
+    base = None
+    for scale in (0.1, 1.0, 10.0):
+        mix = gje_jax.GaussianMixture(jnp.asarray(lw, jnp.float32), means * scale, chols * scale)
+        loss, _ = gje_jax.gmje_loss(
+            c * scale, t * scale, mix, objective="conditional", lambda_geo=1.0, eps_rel=1e-4, eps_abs=0.0
+        )
+        base = float(loss) if base is None else base
+        assert float(loss) == pytest.approx(base, rel=1e-3, abs=1e-3), scale

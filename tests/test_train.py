@@ -74,7 +74,8 @@ def test_four_devices_equal_one_device(method, extra):
 
 
 def test_every_registered_method_trains_a_few_steps(tmp_path):
-    for name in METHODS:
+    # The remedies (gmje_em/mdn/gng/smc) are trained in tests/test_remedy_methods.py.
+    for name in [n for n in METHODS if not n.startswith("gmje_")]:
         state, metrics = loop.train_and_evaluate(
             _config(name, num_steps=6, log_every=3), str(tmp_path / name), progress=False
         )

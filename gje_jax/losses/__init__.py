@@ -2,7 +2,7 @@
 
 from gje_jax.losses.baselines import predictor_loss, vicreg_loss
 from gje_jax.losses.contrastive import gmje_contrastive, infonce
-from gje_jax.losses.gaussian import geometry_term, gje_loss, trace_trap_report
+from gje_jax.losses.gaussian import geometry_term, gje_loss, target_geometry_term, trace_trap_report
 from gje_jax.losses.mixture import balance_term, gmje_loss
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "gmje_loss",
     "infonce",
     "predictor_loss",
+    "target_geometry_term",
     "vicreg_loss",
     "trace_trap_report",
 ]

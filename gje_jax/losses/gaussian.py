@@ -52,6 +52,29 @@ def geometry_term(
     return _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs)
 
 
+@functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs"))
+def target_geometry_term(
+    t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL, eps_abs: float = g.DEFAULT_EPS_ABS
+) -> jax.Array:
+    """G_t(t) = 1/2 log|S_tt,eps|: the geometry term that pairs with a *conditional* NLL.
+
+    -log p(t | c) gains d_t log s when the embeddings are scaled by s, and so does G_t,
+    so conditional NLL - G_t is scale-invariant. (The two-view G of METHOD section 2
+    gains (d_c + d_t) log s: with a conditional NLL it would reward unbounded growth of
+    the context embeddings.)
+
+    Args:
+      t: [N, d_t] target embeddings.
+
+    Returns:
+      [] float32.
+    """
+    t = v.as_float(t, "t")
+    v.check_rank(t, 2, "t", "[N, d_t]")
+    _, s = g.empirical_moments(t)
+    return linalg.half_logdet(linalg.cholesky(g.regularize(s, eps_rel, eps_abs)))
+
+
 def gje_loss(
     c: jax.Array,
     t: jax.Array,

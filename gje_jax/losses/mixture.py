@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from gje_jax import gaussian as g
-from gje_jax.losses.gaussian import check_views, geometry_term
+from gje_jax.losses.gaussian import check_views, geometry_term, target_geometry_term
 from gje_jax.mixture import GaussianMixture, component_log_probs
 
 OBJECTIVES = ("joint", "conditional")
@@ -42,7 +42,9 @@ def gmje_loss(
       mixture: GaussianMixture over D = d_c + d_t (K prototypes; e.g. built with
         `GaussianMixture.from_unconstrained` from trainable parameters).
       objective: 'joint' (mean -log p(z_i)) or 'conditional' (mean -log p(t_i | c_i)).
-      lambda_geo: weight of the geometry term G(c, t) (subtracted).
+      lambda_geo: weight of the geometry term (subtracted): G(c, t) with the joint
+        objective, G_t(t) = 1/2 log|S_tt| with the conditional one (each matches its
+        NLL's scaling, so the loss is invariant to a global rescaling).
       lambda_bal: weight of KL(mean_i gamma_i || pi) against dead components.
       eps_rel, eps_abs: ridge of the geometry term's covariances.
 
@@ -69,7 +71,12 @@ def gmje_loss(
         bal_resp = jnp.exp(cond.log_weights)
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-    geo = geometry_term(c, t, eps_rel=eps_rel, eps_abs=eps_abs) if lambda_geo else jnp.zeros((), z.dtype)
+    if not lambda_geo:
+        geo = jnp.zeros((), z.dtype)
+    elif objective == "joint":
+        geo = geometry_term(c, t, eps_rel=eps_rel, eps_abs=eps_abs)
+    else:  # the conditional NLL scales with d_t only: pair it with G_t
+        geo = target_geometry_term(t, eps_rel=eps_rel, eps_abs=eps_abs)
     bal = balance_term(bal_resp, mixture.log_weights)
     loss = nll - lambda_geo * geo + lambda_bal * bal
     gbar = jnp.mean(jax.lax.stop_gradient(resp), axis=0)

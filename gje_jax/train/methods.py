@@ -204,8 +204,9 @@ def _gmje_mdn(m) -> Method:
     def loss(params, state, emb):
         cond = conditional(params, state, emb.a)
         nll = -jnp.mean(cond.log_prob(emb.b))
+        # A conditional NLL pairs with the target-block geometry term (scale invariance).
         geo = (
-            losses.geometry_term(emb.a, emb.b, eps_rel=m.eps_rel, eps_abs=m.eps_abs) if m.lambda_geo else jnp.zeros(())
+            losses.target_geometry_term(emb.b, eps_rel=m.eps_rel, eps_abs=m.eps_abs) if m.lambda_geo else jnp.zeros(())
         )
         loss = nll - m.lambda_geo * geo
         return loss, {"loss": loss, "nll": nll, "geometry": geo}
@@ -248,8 +249,11 @@ def _gmje_smc(m) -> Method:
             contrastive, _ = losses.gmje_contrastive(
                 emb.a, emb.b, tau=m.tau, extra_targets=bank.particles[:, dc:], extra_log_weights=prior
             )
-        geo = losses.geometry_term(emb.a, emb.b, eps_rel=m.eps_rel, eps_abs=m.eps_abs) if m.lambda_geo else zero
-        loss = nll + contrastive - m.lambda_geo * geo
+        # The normalised contrastive term is scale-invariant on its own; the kernel NLL is a
+        # conditional NLL, paired with the target-block geometry term.
+        geo_weight = m.lambda_geo if m.bank_loss in ("nll", "both") else 0.0
+        geo = losses.target_geometry_term(emb.b, eps_rel=m.eps_rel, eps_abs=m.eps_abs) if geo_weight else zero
+        loss = nll + contrastive - geo_weight * geo
         return loss, {"loss": loss, "nll": nll, "contrastive": contrastive, "geometry": geo}
 
     def update(state, emb, online, key):
