@@ -46,7 +46,7 @@ def test_remedy_four_devices_equal_one_device(method, extra):
             np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-4, err_msg=f"{name}{jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("method", ["gmje_gng", "gmje_smc"])
+@pytest.mark.parametrize("method", ["gmje_em", "gmje_gng", "gmje_smc"])
 def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
     config = _config(method, num_steps=6, checkpoint_every=3, **{"method.bank_size": 64})
     straight, _ = loop.train_and_evaluate(config, str(tmp_path / "a"), progress=False)

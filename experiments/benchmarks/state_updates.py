@@ -1,0 +1,101 @@
+r"""Cost of each remedy's state update against the train step it sits in.
+
+  python -m experiments.benchmarks.state_updates [--out=FILE]
+
+Reference: one SimCLR train step of the same encoder, batch and embedding (small ConvNet,
+batch 128 x 2 views, embedding 128 on CPU; ResNet-18, batch 512 on GPU), measured in the
+same run. Updates, on a joint embedding of D = 2 x embedding: online-EM statistics
+(K = 16), one GNG scan over the batch (capacity 64), and the SMC bank's reweight +
+resample + insert (M = 65536). Target: each adds at most 30% to the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from experiments.benchmarks import common
+from experiments.benchmarks.train_step import views
+from experiments.configs.common import base_config
+from gje_jax import em, gng, smc
+from gje_jax.models import build_network
+from gje_jax.train.methods import get_method
+from gje_jax.train.state import create_state, make_optimizer, train_step
+
+
+def step_ms(encoder: str, batch: int, embed: int) -> float:
+    cfg = base_config()
+    cfg.model.encoder, cfg.model.projector, cfg.model.embed_dim = encoder, "bn", embed
+    cfg.model.projector_hidden = (512,)
+    net = build_network(cfg.model)
+    cfg.method.name = "simclr"
+    method = get_method(cfg.method)
+    data = {"x": jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))}
+    state = jax.jit(functools.partial(create_state, network=net, method=method, tx=make_optimizer(cfg.optim, 100)))(
+        jax.random.key(1), example_input=data["x"][:2]
+    )
+    step = jax.jit(functools.partial(train_step, method=method, views_fn=views), donate_argnums=0)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], data, jax.random.key(2))
+        return metrics["loss"]
+
+    return common.time_call(run, min_time=2.0, max_reps=30)
+
+
+def update_rows(batch: int, dim: int, bank_size: int):
+    z = jax.random.normal(jax.random.key(0), (batch, dim))
+    key = jax.random.key(1)
+    rows = []
+
+    em_state = em.update(em.EMState.create(key, 16, dim), z, key)[0]  # initialised
+    f = jax.jit(lambda s, z, k: em.update(s, z, k)[0])
+    rows.append(("online EM statistics (K = 16)", common.time_call(f, em_state, z, key)))
+
+    cfg = gng.GNGConfig(insert_every=10)
+    g_state = gng.update(gng.GNGState.create(64, dim), z, cfg)[0]
+    f = jax.jit(lambda s, z: gng.update(s, z, cfg)[0])
+    rows.append(("GNG scan over the batch (capacity 64)", common.time_call(f, g_state, z)))
+
+    bank = smc.ParticleBank.empty(bank_size, dim)
+    fill = jax.jit(smc.insert)
+    for i in range(bank_size // batch):
+        bank = fill(bank, jax.random.normal(jax.random.fold_in(key, i), (batch, dim)))
+    chol = smc.kernel_scale_tril(jnp.eye(dim), bank_size)
+    f = jax.jit(lambda b, z, k: smc.update(b, z, k, chol)[0])
+    rows.append((f"SMC bank reweight + resample + insert (M = {bank_size})", common.time_call(f, bank, z, key)))
+    return rows
+
+
+def main():
+    gpu = jax.default_backend() != "cpu"
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoder", default="resnet18" if gpu else "convnet_small")
+    p.add_argument("--batch", type=int, default=512 if gpu else 128)
+    p.add_argument("--embed", type=int, default=128)
+    p.add_argument("--bank", type=int, default=65536)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    ref = step_ms(a.encoder, a.batch, a.embed)
+    rows = update_rows(a.batch, 2 * a.embed, a.bank)
+    table = [["SimCLR train step (reference)", f"{ref:.1f}", "100%"]] + [
+        [name, f"{ms:.1f}", f"{100 * ms / ref:.1f}%"] for name, ms in rows
+    ]
+    text = (
+        f"# State-update benchmark\n\njax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{jax.devices()[0].device_kind}; encoder {a.encoder}, batch {a.batch}, joint D = {2 * a.embed}\n\n"
+        + common.markdown_table(["what", "ms", "of the step"], table)
+        + "\n"
+    )
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + f"\nCommand: python -m experiments.benchmarks.state_updates --out={a.out}\n")
+
+
+if __name__ == "__main__":
+    main()
