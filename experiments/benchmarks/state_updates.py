@@ -12,18 +12,17 @@ resample + insert (M = 65536). Target: each adds at most 30% to the step.
 from __future__ import annotations
 
 import argparse
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from experiments.benchmarks import common
-from experiments.benchmarks.train_step import views
+from experiments.benchmarks.train_step import step_time_ms
 from experiments.configs.common import base_config
 from gje_jax import em, gng, smc
 from gje_jax.models import build_network
 from gje_jax.train.methods import get_method
-from gje_jax.train.state import create_state, make_optimizer, train_step
+from gje_jax.train.state import make_optimizer
 
 
 def step_ms(encoder: str, batch: int, embed: int) -> float:
@@ -34,17 +33,7 @@ def step_ms(encoder: str, batch: int, embed: int) -> float:
     cfg.method.name = "simclr"
     method = get_method(cfg.method)
     data = {"x": jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))}
-    state = jax.jit(functools.partial(create_state, network=net, method=method, tx=make_optimizer(cfg.optim, 100)))(
-        jax.random.key(1), example_input=data["x"][:2]
-    )
-    step = jax.jit(functools.partial(train_step, method=method, views_fn=views), donate_argnums=0)
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = step(holder["state"], data, jax.random.key(2))
-        return metrics["loss"]
-
-    return common.time_call(run, min_time=2.0, max_reps=30)
+    return step_time_ms(net, method, make_optimizer(cfg.optim, 100), data)
 
 
 def update_rows(batch: int, dim: int, bank_size: int):

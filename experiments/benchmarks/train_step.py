@@ -37,6 +37,21 @@ def views(batch, key):
     return x + 0.1 * jax.random.normal(ka, x.shape), x + 0.1 * jax.random.normal(kb, x.shape)
 
 
+def step_time_ms(net, method, tx, data) -> float:
+    """Median ms of one jitted, state-donating train step on `data` (after warm-up)."""
+    state = jax.jit(functools.partial(create_state, network=net, method=method, tx=tx))(
+        jax.random.key(1), example_input=data["x"][:2]
+    )
+    step = jax.jit(functools.partial(train_step, method=method, views_fn=views), donate_argnums=0)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], data, jax.random.key(2))
+        return metrics["loss"]
+
+    return common.time_call(run, min_time=2.0, max_reps=30)
+
+
 def measure(encoder: str, batch: int, embed: int, dtype: str):
     cfg = base_config()
     cfg.model.encoder, cfg.model.projector, cfg.model.embed_dim, cfg.model.dtype = encoder, "bn", embed, dtype
@@ -50,18 +65,7 @@ def measure(encoder: str, batch: int, embed: int, dtype: str):
         m.name = name
         for k, v in extra.items():
             m[k] = v
-        method = get_method(m)
-        state = jax.jit(functools.partial(create_state, network=net, method=method, tx=tx))(
-            jax.random.key(1), example_input=data["x"][:2]
-        )
-        step = jax.jit(functools.partial(train_step, method=method, views_fn=views), donate_argnums=0)
-        holder = {"state": state}
-
-        def run():
-            holder["state"], metrics = step(holder["state"], data, jax.random.key(2))
-            return metrics["loss"]
-
-        ms = common.time_call(run, min_time=2.0, max_reps=30)
+        ms = step_time_ms(net, get_method(m), tx, data)
         label = name + ("" if not extra else "(" + ",".join(f"{k}={v}" for k, v in extra.items()) + ")")
         rows.append((label, ms))
     base = rows[0][1]
