@@ -22,6 +22,7 @@ import numpy as np
 
 from gje_jax import _validation as v
 from gje_jax import linalg, resampling
+from gje_jax.gaussian import regularize
 from gje_jax.mixture import _map_over_rows
 
 # Bound on rows * M elements of one distance block ([rows, M] float32, 16 MiB).
@@ -182,8 +183,6 @@ def kernel_conditional_log_prob(
 
 def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_abs: float = 1e-6) -> jax.Array:
     """Cholesky factor of Silverman's kernel H = factor(num, D) * (cov + eps I). [D, D]."""
-    from gje_jax.gaussian import regularize
-
     d = cov.shape[-1]
     return linalg.cholesky(silverman_factor(num, d) * regularize(cov, eps_rel, eps_abs))
 

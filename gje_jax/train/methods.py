@@ -274,6 +274,8 @@ def _gmje_smc(m) -> Method:
 
     def density(params, state):
         # The kernel mixture as a GaussianMixture with one shared factor (M components).
+        # This broadcasts the factor to [M, D, D]: meant for inspection of small banks
+        # (the loss never builds it; it uses smc.kernel_conditional_log_prob).
         bank = state["bank"]
         chol = _bank_kernel(m, state)
         return GaussianMixture(bank.log_weights, bank.particles, jnp.broadcast_to(chol, (bank.capacity,) + chol.shape))
