@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
         feature_dim=64,
         norm="ln",
         widths=(32, 64, 128, 256),
+        patch=1,  # convnet_small: space-to-depth stem (2 halves the resolution first)
         stem="cifar",
         width=64,
         projector="none",  # none | bn | ln

@@ -32,9 +32,13 @@ def local_slice(global_batch: int, process_index: int, process_count: int) -> sl
 
 @dataclasses.dataclass
 class ArraySource:
-    """A dict of equally long numpy arrays, batched by index."""
+    """A dict of equally long numpy arrays, batched by index.
+
+    process_local: the arrays are this process's share of the data (not the whole
+    dataset), so batches are drawn within it."""
 
     arrays: dict[str, np.ndarray]
+    process_local: bool = False
 
     def __post_init__(self):
         lengths = {k: len(v) for k, v in self.arrays.items()}

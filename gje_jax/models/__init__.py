@@ -11,7 +11,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 BACKBONES = {
     "mlp": lambda m, dt: MLP(hidden=tuple(m.hidden), out_dim=m.feature_dim, norm=m.norm, dtype=dt),
-    "convnet_small": lambda m, dt: SmallConvNet(widths=tuple(m.widths), dtype=dt),
+    "convnet_small": lambda m, dt: SmallConvNet(widths=tuple(m.widths), patch=m.patch, dtype=dt),
     "resnet18": lambda m, dt: resnet18(stem=m.stem, width=m.width, dtype=dt),
     "resnet50": lambda m, dt: resnet50(stem=m.stem, width=m.width, dtype=dt),
 }

@@ -47,20 +47,57 @@ class MLP(nn.Module):
         return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x).astype(jnp.float32)
 
 
+class Conv3x3(nn.Module):
+    """A 3x3 'SAME' convolution written as one matmul over the 9 shifted copies of the input
+    (im2col by slicing). Same function as nn.Conv(features, (3, 3)); on CPU its gradient is
+    1.7x faster than XLA's convolution gradient, elsewhere about the same.
+    [B, H, W, C] -> [B, H, W, features]."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h, w = x.shape[1], x.shape[2]
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        patches = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=-1)
+        return nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="kernel")(patches)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """[B, H, W, C] -> [B, H/p, W/p, p*p*C]: non-overlapping p x p patches as channels."""
+    b, h, w, c = x.shape
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}.")
+    return x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // p, w // p, p * p * c)
+
+
+def _max_pool2(x: jax.Array) -> jax.Array:
+    # 2x2 max pool as a reshape (its gradient is a cheap select, unlike reduce_window's).
+    b, h, w, c = x.shape
+    return jnp.max(x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class SmallConvNet(nn.Module):
-    """A 4-block ConvNet sized for CPU runs: [B, H, W, C] -> [B, widths[-1]] (global pool)."""
+    """A ConvNet sized for CPU runs: [B, H, W, C] -> [B, widths[-1]] (global average pool).
+
+    An optional patch stem (space-to-depth by `patch`) first, then per width a 3x3 conv,
+    batch-norm and ReLU, with a 2x2 max pool between blocks."""
 
     widths: Sequence[int] = (32, 64, 128, 256)
+    patch: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = x.astype(self.dtype)
+        if self.patch > 1:
+            x = space_to_depth(x, self.patch)
         for i, w in enumerate(self.widths):
-            x = nn.Conv(w, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_{i}")(x)
+            x = Conv3x3(w, dtype=self.dtype, name=f"conv_{i}")(x)
             x = nn.relu(_bn(train, self.dtype, f"bn_{i}")(x))
             if i < len(self.widths) - 1:
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = _max_pool2(x)
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
@@ -171,9 +208,11 @@ class Network(nn.Module):
     backbone: nn.Module
     projector: nn.Module | None = None
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False):
+        """-> embedding [B, E], or (embedding, backbone features [B, F]) with return_features."""
         h = self.backbone(x, train=train)
-        return h if self.projector is None else self.projector(h, train=train)
+        z = h if self.projector is None else self.projector(h, train=train)
+        return (z, h) if return_features else z
 
     def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         return self.backbone(x, train=train)

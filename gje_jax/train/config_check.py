@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gje_jax.data.augment import RECIPES
 from gje_jax.losses.gaussian import ESTIMATORS
 from gje_jax.losses.mixture import OBJECTIVES
 from gje_jax.models.heads import COVARIANCES
@@ -31,6 +32,34 @@ def _positive(cfg, path: str, integer: bool = False, allow_zero: bool = False):
         raise ValueError(f"config.{path} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {val!r}.")
 
 
+def _validate_data(config) -> None:
+    d = config.data
+    if d.name == "clustered":
+        for path in ("data.num_examples", "data.dim", "data.num_clusters"):
+            _positive(config, path, integer=True)
+        if config.batch_size > d.num_examples:
+            raise ValueError(
+                f"config.batch_size={config.batch_size} exceeds config.data.num_examples={d.num_examples}."
+            )
+        return
+    # An image dataset read through TFDS (gje_jax.data.images).
+    if d.augment not in RECIPES:
+        raise ValueError(f"config.data.augment={d.augment!r} is unknown; valid: {sorted(RECIPES)}.")
+    shape = tuple(d.image_shape)
+    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ValueError(f"config.data.image_shape must be three positive integers (H, W, C), got {shape!r}.")
+    _positive(config, "data.num_classes", integer=True)
+    _positive(config, "data.probe_lr")
+    for path in ("data.mean", "data.std"):
+        val = tuple(_get(config, path))
+        if val and len(val) != shape[2]:
+            raise ValueError(f"config.{path} needs one value per channel ({shape[2]}) or none, got {val!r}.")
+    if d.std and min(d.std) <= 0:
+        raise ValueError(f"config.data.std must be positive, got {tuple(d.std)!r}.")
+    if not d.directory and not d.name:
+        raise ValueError("config.data.name is empty; name a TFDS dataset or set config.data.directory.")
+
+
 def validate(config, num_devices: int = 1) -> None:
     m = config.method
     if m.name not in METHODS:
@@ -56,7 +85,6 @@ def validate(config, num_devices: int = 1) -> None:
         "checkpoint_every",
         "keep_checkpoints",
         "method.num_components",
-        "data.num_examples",
     ):
         _positive(config, path, integer=True)
     for path in ("optim.lr", "method.tau", "method.floor", "method.bank_bandwidth"):
@@ -95,10 +123,7 @@ def validate(config, num_devices: int = 1) -> None:
             f"config.batch_size={config.batch_size} must be divisible by the number of devices "
             f"({num_devices}) for data parallelism."
         )
-    if config.batch_size > config.data.num_examples:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} exceeds config.data.num_examples={config.data.num_examples}."
-        )
+    _validate_data(config)
     if m.name == "gje" and m.estimator == "batch" and m.eps_rel == 0 and m.eps_abs == 0:
         raise ValueError(
             "config.method.eps_rel and eps_abs are both 0: the batch covariance cannot be factorised "

@@ -14,11 +14,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gje_jax.data import ArraySource, batch_indices, local_slice, synthetic
+from gje_jax.data import ArraySource, augment, batch_indices, images, local_slice, synthetic
 from gje_jax.models import build_network
 from gje_jax.train import checkpoint, config_check
 from gje_jax.train.methods import get_method
-from gje_jax.train.state import create_state, make_optimizer, train_step
+from gje_jax.train.state import create_state, make_optimizer, train_step, with_probe_optimizer
 
 # Fields whose change makes an existing workdir's checkpoints unusable.
 _IDENTITY_FIELDS = (
@@ -85,27 +85,57 @@ class _StopFlag:
 
 
 def global_batch(source: ArraySource, config, step: int, sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process loads its slice of the step's global batch and assembles the global array."""
+    """This process loads its slice of the step's global batch and assembles the global array.
+
+    A process-local source (each process holds its own share of the data) is batched
+    within that share; otherwise every process indexes the same global permutation."""
+    if source.process_local:
+        per_process = config.batch_size // jax.process_count()
+        local = source.get(batch_indices(config.seed, step, len(source), per_process))
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
     idx = batch_indices(config.seed, step, len(source), config.batch_size)
     local = source.get(idx[local_slice(config.batch_size, jax.process_index(), jax.process_count())])
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def load_data(config):
+    """-> (source, views_fn, num_classes of the online probe (0: none)).
+
+    'clustered' is generated in memory; any other name is an image dataset read through
+    TFDS (gje_jax.data.images), this process's share only."""
+    if config.data.name == "clustered":
+        data = synthetic.load(config.data, config.seed)
+        return ArraySource(data), synthetic.views_for(config.data), 0
+    d = config.data
+    data = images.load_split(d, d.train_split, jax.process_index(), jax.process_count(), progress=True)
+    if len(data["image"]) * jax.process_count() < config.batch_size:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} exceeds the {len(data['image'])} training images of "
+            f"{d.name!r} per process."
+        )
+    mean, std = (tuple(d.mean), tuple(d.std)) if d.mean else images.channel_stats(data["image"])
+    views_fn = augment.make_views(augment.get_recipe(d.augment), mean, std)
+    return ArraySource(data, process_local=True), views_fn, (d.num_classes if d.online_probe else 0)
+
+
 def setup(config, mesh: Mesh | None = None):
-    """Builds (state, step_fn, source, shardings) without touching the filesystem."""
+    """Builds (state, step_fn, source, shardings); reads data but writes nothing."""
     mesh = mesh or make_mesh()
     config_check.validate(config, num_devices=mesh.size)
-    data = synthetic.load(config.data, config.seed)
-    source = ArraySource(data)
-    views_fn = synthetic.views_for(config.data)
+    source, views_fn, num_classes = load_data(config)
+    data = source.arrays
     network = build_network(config.model)
     method = get_method(config.method)
     tx = make_optimizer(config.optim, config.num_steps)
+    if num_classes:
+        tx = with_probe_optimizer(tx, config.data.probe_lr)
     replicated = NamedSharding(mesh, P())
     data_sharding = NamedSharding(mesh, P("data"))
     example = views_fn({k: jnp.asarray(v[:2]) for k, v in data.items()}, jax.random.key(0))[0]
     init = jax.jit(
-        functools.partial(create_state, network=network, method=method, example_input=example, tx=tx),
+        functools.partial(
+            create_state, network=network, method=method, example_input=example, tx=tx, num_classes=num_classes
+        ),
         out_shardings=replicated,
     )
     state = init(jax.random.key(config.seed))

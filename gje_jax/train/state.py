@@ -46,17 +46,39 @@ def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(o.grad_clip), opt) if o.grad_clip else opt
 
 
+def with_probe_optimizer(tx: optax.GradientTransformation, probe_lr: float) -> optax.GradientTransformation:
+    """tx for everything but params['probe'], which gets its own Adam (so the probe's
+    gradients never enter the method's clipping or schedule)."""
+
+    def labels(params):
+        return {k: jax.tree.map(lambda _, k=k: "probe" if k == "probe" else "ssl", v) for k, v in params.items()}
+
+    return optax.multi_transform({"ssl": tx, "probe": optax.adam(probe_lr)}, labels)
+
+
 def create_state(
-    key: jax.Array, network: nn.Module, method: Method, example_input: jax.Array, tx: optax.GradientTransformation
+    key: jax.Array,
+    network: nn.Module,
+    method: Method,
+    example_input: jax.Array,
+    tx: optax.GradientTransformation,
+    num_classes: int = 0,
 ) -> TrainState:
-    """Initialises every pytree of the state. example_input: [B, ...] one view."""
+    """Initialises every pytree of the state. example_input: [B, ...] one view.
+
+    num_classes > 0 adds an online linear probe, params['probe'] ({'kernel' [F, C],
+    'bias' [C]}), trained on stop-gradient backbone features of the labelled batches."""
     k_enc, k_method = jax.random.split(key)
     variables = network.init(k_enc, example_input, train=False)
-    embed_dim = jax.eval_shape(lambda v: network.apply(v, example_input, train=False), variables).shape[-1]
+    emb, feats = jax.eval_shape(lambda v: network.apply(v, example_input, train=False, return_features=True), variables)
+    embed_dim = emb.shape[-1]
     method_params, method_state = method.init(k_method, embed_dim, embed_dim)
     if method.target_network:
         method_state = dict(method_state, target=variables["params"])
     params = {"encoder": variables["params"], "method": method_params}
+    if num_classes:
+        f = feats.shape[-1]
+        params["probe"] = {"kernel": jnp.zeros((f, num_classes)), "bias": jnp.zeros((num_classes,))}
     return TrainState.create(
         apply_fn=network.apply,
         params=params,
@@ -66,17 +88,31 @@ def create_state(
     )
 
 
-def loss_and_updates(params, state: TrainState, view_a: jax.Array, view_b: jax.Array, method: Method):
-    """The differentiable part of a step: -> (loss, (metrics, new batch_stats, Embeddings))."""
+def probe_loss(probe_params, features: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+    """Cross-entropy of the online linear probe on stop-gradient features [B, F]; labels int [B]."""
+    logits = jax.lax.stop_gradient(features) @ probe_params["kernel"] + probe_params["bias"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return ce, {"probe_loss": ce, "probe_accuracy": acc}
+
+
+def loss_and_updates(
+    params, state: TrainState, view_a: jax.Array, view_b: jax.Array, method: Method, labels: jax.Array | None = None
+):
+    """The differentiable part of a step: -> (loss, (metrics, new batch_stats, Embeddings)).
+
+    With params['probe'] and labels [B], the online probe's cross-entropy is added to the
+    loss; its input is stop-gradient, so it trains only the probe."""
     n = view_a.shape[0]
     x = jnp.concatenate([view_a, view_b])  # One pass: batch-norm sees both views together.
     has_bn = bool(jax.tree.leaves(state.batch_stats))
     variables = {"params": params["encoder"], **({"batch_stats": state.batch_stats} if has_bn else {})}
     if has_bn:
-        out, mutated = state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+        (out, feats), mutated = state.apply_fn(variables, x, train=True, mutable=["batch_stats"], return_features=True)
         new_bs = mutated["batch_stats"]
     else:
-        out, new_bs = state.apply_fn(variables, x, train=True), state.batch_stats
+        out, feats = state.apply_fn(variables, x, train=True, return_features=True)
+        new_bs = state.batch_stats
     a_t = b_t = None
     if method.target_network:
         tvars = {"params": state.method_state["target"], **({"batch_stats": state.batch_stats} if has_bn else {})}
@@ -84,6 +120,10 @@ def loss_and_updates(params, state: TrainState, view_a: jax.Array, view_b: jax.A
         a_t, b_t = tout[:n], tout[n:]
     emb = Embeddings(out[:n], out[n:], a_t, b_t)
     loss, metrics = method.loss(params["method"], state.method_state, emb)
+    if "probe" in params and labels is not None:
+        ce, probe_metrics = probe_loss(params["probe"], feats[:n], labels)
+        metrics = dict(metrics, **probe_metrics)
+        return loss + ce, (metrics, new_bs, emb)
     return loss, (metrics, new_bs, emb)
 
 
@@ -105,7 +145,7 @@ def train_step(
     step_key = jax.random.fold_in(key, state.step)
     view_a, view_b = views_fn(batch, step_key)
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
-    (loss, (metrics, new_bs, emb)), grads = grad_fn(state.params, state, view_a, view_b, method)
+    (loss, (metrics, new_bs, emb)), grads = grad_fn(state.params, state, view_a, view_b, method, batch.get("label"))
     new_state = state.apply_gradients(grads=grads, batch_stats=new_bs)
     emb = jax.tree.map(jax.lax.stop_gradient, emb)
     method_state, update_metrics = method.update(
@@ -119,7 +159,7 @@ def train_step(
     metrics = dict(
         metrics,
         **update_metrics,
-        loss=loss,
+        loss=loss - metrics.get("probe_loss", 0.0),  # the method's loss, without the probe's
         grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
         embedding_std=jnp.mean(jnp.std(emb.a, axis=0)),
     )

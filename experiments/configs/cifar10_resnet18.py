@@ -1,0 +1,38 @@
+r"""CIFAR-10, the GPU recipe: CIFAR-stem ResNet-18, batch 512, 200 epochs, LARS with warm-up and
+cosine decay (AdamW with `--config.optim.name=adamw --config.optim.lr=2e-3`).
+
+  python -m experiments.main --config=experiments/configs/cifar10_resnet18.py:simclr --workdir=runs/r18/simclr
+  python -m experiments.report_vision --config=experiments/configs/cifar10_resnet18.py --workdir=runs/r18
+
+The argument is the method, as in cifar10_small.py. Pass --config.num_steps to shorten a run;
+the schedule follows num_steps.
+"""
+
+from experiments.configs.vision import vision_base
+
+_TRAIN_IMAGES = 50000
+
+
+def get_config(arg: str = "gmje"):
+    c = vision_base(arg or "gmje")
+    c.batch_size = 512
+    epochs = 200
+    c.num_steps = epochs * (_TRAIN_IMAGES // c.batch_size)
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.model.encoder = "resnet18"
+    c.model.stem = "cifar"
+    c.model.projector = "bn"
+    c.model.projector_hidden = (2048,)
+    c.model.embed_dim = 128
+    c.model.dtype = "bfloat16"
+    c.optim.name = "lars"
+    c.optim.lr = 0.3 * c.batch_size / 256  # the usual linear scaling of the LARS base rate
+    c.optim.weight_decay = 1e-6
+    c.optim.momentum = 0.9
+    c.optim.warmup_steps = 10 * (_TRAIN_IMAGES // c.batch_size)
+    c.optim.schedule = "cosine"
+    c.optim.grad_clip = 0.0
+    c.method.bank_size = 16384
+    c.lock()
+    return c

@@ -1,0 +1,49 @@
+r"""CIFAR-10 on CPU: a small ConvNet, a fixed budget of about 10 minutes per method on 2 cores.
+
+  python -m experiments.main --config=experiments/configs/cifar10_small.py:gmje --workdir=runs/c10/gmje
+  python -m experiments.report_vision --config=experiments/configs/cifar10_small.py --workdir=runs/c10
+
+The argument is the method (simclr, vicreg, predictor, gje, gmje, gmje_em, gmje_mdn, gmje_gng,
+gmje_smc); append ',runlocal' for a seconds-long smoke run (e.g. `:simclr,runlocal`).
+"""
+
+from experiments.configs.vision import vision_base
+
+
+def get_config(arg: str = "gmje"):
+    method, _, size = arg.partition(",")
+    c = vision_base(method or "gmje")
+    c.batch_size = 256
+    c.num_steps = 800
+    c.log_every = 25
+    c.checkpoint_every = 100
+    c.model.encoder = "convnet_small"
+    c.model.widths = (32, 64, 128)
+    c.model.patch = 2
+    c.model.projector = "bn"
+    c.model.projector_hidden = (512,)
+    c.model.embed_dim = 64
+    c.optim.name = "adamw"
+    c.optim.lr = 2e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.warmup_steps = 25
+    c.optim.schedule = "cosine"
+    if size == "runlocal":
+        c.batch_size = 32
+        c.num_steps = 4
+        c.log_every = 2
+        c.checkpoint_every = 2
+        c.model.widths = (8, 16)
+        c.model.projector_hidden = (32,)
+        c.model.embed_dim = 8
+        c.method.num_components = 3
+        c.method.mdn_hidden = (16,)
+        c.method.gng_capacity = 6
+        c.method.gng_insert_every = 2
+        c.method.bank_size = 64
+        c.eval.probe_epochs = 5
+        c.eval.knn_k = (5, 3)
+    elif size:
+        raise ValueError(f"Unknown size {size!r} in {arg!r}; valid: '' or 'runlocal'.")
+    c.lock()
+    return c

@@ -1,0 +1,67 @@
+"""Shared pieces of the image configs (cifar10_small, cifar10_resnet18): the data section
+and per-method settings. Not a config itself."""
+
+import ml_collections
+
+from experiments.configs.common import base_config
+
+# The offline prepared copy shipped beside the project (see ../shared/data/README.md).
+SHARED_CIFAR10 = "../shared/data/tfds/cifar10_jpeg/1.0.0"
+
+SSL_METHODS = ("simclr", "vicreg", "predictor", "gje", "gmje", "gmje_em", "gmje_mdn", "gmje_gng", "gmje_smc")
+
+_DATASETS = {
+    # name: (image_shape, num_classes, recipe, channel mean, channel std)
+    "cifar10": ((32, 32, 3), 10, "simclr_cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((32, 32, 3), 100, "simclr_cifar", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((96, 96, 3), 10, "simclr_96", (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
+
+
+def image_data(name: str = "cifar10") -> dict:
+    """config.data for a TFDS image dataset. directory: a prepared ArrayRecord copy (used when
+    set); else the registered `name` under data_dir (TFDS's default when empty)."""
+    shape, classes, recipe, mean, std = _DATASETS[name]
+    return dict(
+        name=name,
+        directory=SHARED_CIFAR10 if name == "cifar10" else "",
+        data_dir="",
+        cache_dir="~/.cache/gje_jax",  # decoded uint8 arrays; '' disables the cache
+        train_split="train",
+        test_split="test",
+        image_shape=shape,
+        num_classes=classes,
+        augment=recipe,
+        mean=mean,
+        std=std,
+        online_probe=True,
+        probe_lr=1e-3,
+    )
+
+
+def set_method(c: ml_collections.ConfigDict, method: str) -> None:
+    """Per-method settings shared by the image recipes."""
+    if method not in SSL_METHODS:
+        raise ValueError(f"Unknown method {method!r} for an image config; valid: {list(SSL_METHODS)}.")
+    m = c.method
+    m.name = method
+    m.tau = 0.2
+    m.predictor_loss = "cosine"
+    m.target_momentum = 0.99
+    m.num_components = 16
+    m.objective = "joint"
+    m.lambda_geo = 1.0
+    m.mdn_hidden = (256,)
+    m.gng_capacity = 32
+    m.gng_insert_every = 50
+    m.bank_size = 4096
+
+
+def vision_base(method: str, dataset: str = "cifar10") -> ml_collections.ConfigDict:
+    c = base_config()
+    c.data = image_data(dataset)
+    c.eval = dict(
+        knn_k=(200, 20), knn_temperature=0.1, probe_epochs=100, probe_lr=1e-2, probe_weight_decay=1e-4, embed_batch=500
+    )
+    set_method(c, method)
+    return c

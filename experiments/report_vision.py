@@ -1,0 +1,214 @@
+r"""Vision benchmark: pretrain (or collect) every method, evaluate frozen features, write one table.
+
+  python -m experiments.report_vision --config=experiments/configs/cifar10_small.py --workdir=runs/c10 \
+      --out=docs/results/vision_cifar10_small
+  python -m experiments.report_vision --config=experiments/configs/cifar10_small.py --size=runlocal \
+      --methods=simclr,gmje --workdir=/tmp/c10
+
+Each method trains in WORKDIR/METHOD (resuming or reusing a finished run) and is evaluated on
+the backbone's features of the un-augmented train and test images: weighted kNN (cosine, both
+k of config.eval.knn_k, T = config.eval.knn_temperature) and the offline linear probe (final
+epoch, no selection on the test set). A random-init encoder row is evaluated the same way.
+Writes OUT.md and OUT.csv (default WORKDIR/vision) and WORKDIR/METHOD/eval.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from gje_jax import evaluation
+from gje_jax.data import augment, images
+from gje_jax.models import build_network
+from gje_jax.train import loop
+
+_CONFIG = flags.DEFINE_string("config", "experiments/configs/cifar10_small.py", "Image config file (argument: method).")
+_SIZE = flags.DEFINE_string("size", "", "Size argument appended to the method (e.g. runlocal).")
+_METHODS = flags.DEFINE_list("methods", [], "Methods to run (default: every SSL method of the config).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the per-method workdirs.", required=True)
+_OUT = flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision.")
+_STEPS = flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's).")
+
+
+def _load_config_module(path: str):
+    spec = importlib.util.spec_from_file_location("_vision_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def method_config(module, method: str, size: str, num_steps: int = 0):
+    c = module.get_config(f"{method},{size}" if size else method)
+    if num_steps:
+        c.unlock()
+        c.num_steps = num_steps
+        c.lock()
+    return c
+
+
+def feature_fn(config, state):
+    """uint8 images [b, H, W, C] -> backbone features [b, F] (eval mode, no augmentation)."""
+    d = config.data
+    network = build_network(config.model)
+    transform = augment.make_eval_transform(augment.get_recipe(d.augment).size, d.mean, d.std)
+    variables = {"params": state.params["encoder"]}
+    if jax.tree.leaves(state.batch_stats):
+        variables["batch_stats"] = state.batch_stats
+    return lambda x: network.apply(variables, transform(x), train=False, method=network.features)
+
+
+def evaluate(config, state, train, test) -> dict:
+    """kNN for each k and the linear probe on frozen features -> a dict of accuracies."""
+    fn = feature_fn(config, state)
+    e = config.eval
+    t0 = time.perf_counter()
+    f_train = evaluation.embed(fn, train["image"], e.embed_batch, progress=True)
+    f_test = evaluation.embed(fn, test["image"], e.embed_batch, progress=True)
+    if not (np.all(np.isfinite(f_train)) and np.all(np.isfinite(f_test))):
+        raise FloatingPointError("non-finite features; the encoder diverged")
+    out = {"embed_s": time.perf_counter() - t0}
+    nc = config.data.num_classes
+    for k in e.knn_k:
+        out[f"knn_k{k}"] = evaluation.knn_accuracy(
+            f_train, train["label"], f_test, test["label"], nc, k=k, temperature=e.knn_temperature
+        )
+    probe = evaluation.linear_probe(
+        f_train,
+        train["label"],
+        f_test,
+        test["label"],
+        nc,
+        epochs=e.probe_epochs,
+        lr=e.probe_lr,
+        weight_decay=e.probe_weight_decay,
+        seed=config.seed,
+    )
+    out["linear"] = probe["test_accuracy"]
+    out["linear_train"] = probe["train_accuracy"]
+    return out
+
+
+def _timing(workdir: str, seconds: float, step_reached: int) -> dict:
+    """Accumulates training wall time over resumed sessions in WORKDIR/timing.json
+    ({'seconds', 'steps'}: the step reached and the time it took in all)."""
+    path = os.path.join(workdir, "timing.json")
+    t = {"seconds": 0.0, "steps": 0}
+    if os.path.exists(path):
+        with open(path) as f:
+            t = json.load(f)
+    if step_reached > t["steps"]:
+        t = {"seconds": t["seconds"] + seconds, "steps": step_reached}
+        with open(path, "w") as f:
+            json.dump(t, f)
+    return t
+
+
+def run_method(config, workdir: str, train, test) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    eval_path = os.path.join(workdir, "eval.json")
+    if os.path.exists(eval_path):
+        with open(eval_path) as f:
+            row = json.load(f)
+        if row.get("num_steps") == config.num_steps:
+            print(f"{config.method.name}: collected {eval_path}")
+            return row
+    t0 = time.perf_counter()
+    state, last = loop.train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - t0
+    timing = _timing(workdir, seconds, int(jax.device_get(state.step)))
+    row = evaluate(config, state, train, test)
+    row.update(
+        method=config.method.name,
+        num_steps=config.num_steps,
+        online_probe=last.get("probe_accuracy", float("nan")),
+        train_s=timing["seconds"],
+        images_per_s=timing["steps"] * config.batch_size / max(timing["seconds"], 1e-9),
+    )
+    with open(eval_path, "w") as f:
+        json.dump(row, f, indent=1)
+    return row
+
+
+def random_row(config, train, test) -> dict:
+    state, *_ = loop.setup(config)
+    row = evaluate(config, state, train, test)
+    row.update(method="random init", num_steps=0, online_probe=float("nan"), train_s=0.0, images_per_s=float("nan"))
+    return row
+
+
+def write_table(rows, config, out: str, command: str) -> str:
+    ks = list(config.eval.knn_k)
+    n_train = rows[0].get("n_train", 0)
+    header = ["method", "backbone", "epochs", "batch"] + [f"kNN top-1 k={k}" for k in ks]
+    header += ["linear top-1", "online probe", "wall time (min)", "images/s"]
+    lines = [
+        f"Frozen-feature evaluation on {config.data.name} (train {n_train} / test {rows[0].get('n_test', 0)} "
+        f"images; kNN T={config.eval.knn_temperature}, linear probe {config.eval.probe_epochs} epochs, final epoch).",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    table = []
+    for r in rows:
+        epochs = r["num_steps"] * config.batch_size / max(n_train, 1)
+        vals = [r["method"], config.model.encoder, f"{epochs:.2f}", str(config.batch_size)]
+        vals += [f"{100 * r[f'knn_k{k}']:.1f}" for k in ks]
+        vals += [
+            f"{100 * r['linear']:.1f}",
+            "-" if np.isnan(r["online_probe"]) else f"{100 * r['online_probe']:.1f}",
+            f"{r['train_s'] / 60:.1f}",
+            "-" if np.isnan(r["images_per_s"]) else f"{r['images_per_s']:.0f}",
+        ]
+        lines.append("| " + " | ".join(vals) + " |")
+        table.append(dict(zip(header, vals)))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(table)
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    module = _load_config_module(_CONFIG.value)
+    from experiments.configs.vision import SSL_METHODS
+
+    methods = _METHODS.value or list(SSL_METHODS)
+    base = method_config(module, methods[0], _SIZE.value, _STEPS.value)
+    d = base.data
+    train = images.load_split(d, d.train_split, progress=True)
+    test = images.load_split(d, d.test_split, progress=True)
+    rows = [random_row(base, train, test)]
+    for method in methods:
+        config = method_config(module, method, _SIZE.value, _STEPS.value)
+        row = run_method(config, os.path.join(_WORKDIR.value, method), train, test)
+        print(
+            f"{method:10s} kNN "
+            + " ".join(f"k={k}: {100 * row[f'knn_k{k}']:.1f}" for k in config.eval.knn_k)
+            + f"  linear {100 * row['linear']:.1f}  ({row['train_s'] / 60:.1f} min)"
+        )
+        rows.append(row)
+    for r in rows:
+        r.update(n_train=len(train["label"]), n_test=len(test["label"]))
+    command = " ".join(["python -m experiments.report_vision"] + sys.argv[1:])
+    out = _OUT.value or os.path.join(_WORKDIR.value, "vision")
+    print(write_table(rows, base, out, command))
+    print(f"Table: {out}.md, {out}.csv")
+
+
+if __name__ == "__main__":
+    app.run(main)
