@@ -2,10 +2,11 @@
 
 Public API: densities (`GaussianMixture`, `ConditionalMixture`), estimators
 (`fit_gaussian`, `GaussianStats`), information quantities, Cholesky linear algebra
-(`gje_jax.linalg`) and losses (`gje_jax.losses`).
+(`gje_jax.linalg`), losses (`gje_jax.losses`), frozen-feature evaluation
+(`gje_jax.evaluation`) and metrics of unconditional samples (`gje_jax.sampling_metrics`).
 """
 
-from gje_jax import linalg, losses
+from gje_jax import evaluation, linalg, losses, sampling_metrics
 from gje_jax.gaussian import (
     GaussianStats,
     effective_rank,
@@ -35,6 +36,7 @@ __all__ = [
     "component_log_probs",
     "effective_rank",
     "empirical_moments",
+    "evaluation",
     "fit_gaussian",
     "gaussian_entropy",
     "gaussian_mutual_information",
@@ -47,5 +49,6 @@ __all__ = [
     "linalg",
     "losses",
     "regularize",
+    "sampling_metrics",
     "trace_trap_report",
 ]
