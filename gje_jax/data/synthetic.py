@@ -7,13 +7,16 @@ import numpy as np
 
 
 def make_clustered(
-    seed: int, num_examples: int, dim: int, num_clusters: int, spread: float = 0.3
+    seed: int, num_examples: int, dim: int, num_clusters: int, spread: float = 0.3, point_seed: int | None = None
 ) -> dict[str, np.ndarray]:
     """Points x [n, dim] float32 around `num_clusters` random centres on the unit sphere,
-    with integer labels [n] (the cluster)."""
+    with integer labels [n] (the cluster). The centres depend on `seed` only; point_seed
+    (if given) draws other points around the same centres (a held-out set)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(num_clusters, dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    if point_seed is not None:
+        rng = np.random.default_rng([seed, point_seed])
     labels = rng.integers(0, num_clusters, size=num_examples)
     x = centres[labels] + spread / np.sqrt(dim) * rng.normal(size=(num_examples, dim))
     return {"x": x.astype(np.float32), "label": labels.astype(np.int32)}

@@ -1,0 +1,14 @@
+"""The README's result tables are the files the experiments wrote (no hand-typed numbers)."""
+
+import os
+
+from experiments import readme_tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_tables_match_result_files():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    assert "<!-- table: " in text
+    assert readme_tables.render(text) == text, "run: python -m experiments.readme_tables"
