@@ -120,7 +120,9 @@ def evaluate_method(part, config, state, views_fn, train, test, num_classes, key
     own = learned_samples(config, state, tr_a, tr_b, jax.random.fold_in(key, 3), n)
     if own is not None:
         samples[f"{name} (own density)"] = own
-    for kind, z in posthoc_samples(tr_a, config.method.num_components, jax.random.fold_in(key, 4), n, config.seed).items():
+    for kind, z in posthoc_samples(
+        tr_a, config.method.num_components, jax.random.fold_in(key, 4), n, config.seed
+    ).items():
         samples[f"{name} + post-hoc {kind}"] = z
     rows = []
     for label, z in samples.items():
@@ -208,8 +210,19 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
     return rows
 
 
-_COLUMNS = ["part", "method", "frechet", "mmd", "precision_k3", "recall_k3", "precision_k5", "recall_k5",
-            "classes_hit", "label_entropy", "seconds"]
+_COLUMNS = [
+    "part",
+    "method",
+    "frechet",
+    "mmd",
+    "precision_k3",
+    "recall_k3",
+    "precision_k5",
+    "recall_k5",
+    "classes_hit",
+    "label_entropy",
+    "seconds",
+]
 
 
 def write_tables(rows, workdir: str, command: str) -> None:
@@ -219,7 +232,9 @@ def write_tables(rows, workdir: str, command: str) -> None:
         w.writerows(rows)
     lines = [f"Produced by `{command}`.", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     for r in rows:
-        vals = [r["part"], r["method"]] + [f"{r[c]:.4g}" if c in ("frechet", "mmd") else f"{r[c]:.3f}" for c in _COLUMNS[2:-1]]
+        vals = [r["part"], r["method"]] + [
+            f"{r[c]:.4g}" if c in ("frechet", "mmd") else f"{r[c]:.3f}" for c in _COLUMNS[2:-1]
+        ]
         vals.append(f"{r['seconds']:.0f}")
         lines.append("| " + " | ".join(vals) + " |")
     lines += [

@@ -12,3 +12,11 @@ def test_readme_tables_match_result_files():
         text = f.read()
     assert "<!-- table: " in text
     assert readme_tables.render(text) == text, "run: python -m experiments.readme_tables"
+
+
+def test_every_public_name_is_documented_and_api_md_is_current():
+    from experiments import api_docs
+
+    assert api_docs.undocumented() == []
+    with open(os.path.join(ROOT, "API.md")) as f:
+        assert f.read() == api_docs.render(), "run: python -m experiments.api_docs"

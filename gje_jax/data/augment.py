@@ -102,20 +102,24 @@ def hsv_to_rgb(x: jax.Array) -> jax.Array:
 
 
 def adjust_brightness(x, factor):
+    """x [H, W, C] in [0, 1] times factor, clipped to [0, 1]."""
     return jnp.clip(x * factor, 0.0, 1.0)
 
 
 def adjust_contrast(x, factor):
+    """Blend with the mean grey level: (x - m) * factor + m, clipped."""
     mean = jnp.mean(x @ _GRAY)
     return jnp.clip((x - mean) * factor + mean, 0.0, 1.0)
 
 
 def adjust_saturation(x, factor):
+    """Blend with the greyscale image: g + (x - g) * factor, clipped."""
     gray = grayscale(x)
     return jnp.clip(gray + (x - gray) * factor, 0.0, 1.0)
 
 
 def adjust_hue(x, delta):
+    """Rotate the hue by delta turns (HSV), clipped to [0, 1]."""
     hsv = rgb_to_hsv(x)
     return jnp.clip(hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0)), 0.0, 1.0)
 
@@ -195,6 +199,7 @@ RECIPES = {
 
 
 def get_recipe(name: str) -> Recipe:
+    """The Recipe registered as `name` in RECIPES (a clear error lists the valid names)."""
     if name not in RECIPES:
         raise ValueError(f"Unknown augmentation recipe {name!r}; valid: {sorted(RECIPES)}.")
     return RECIPES[name]

@@ -38,6 +38,8 @@ def views_for(data_config):
 
 
 def load(data_config, seed: int) -> dict[str, np.ndarray]:
+    """The in-memory synthetic dataset of config.data ('clustered'): {'x' [n, dim] float32,
+    'label' [n] int32}."""
     if data_config.name == "clustered":
         return make_clustered(seed, data_config.num_examples, data_config.dim, data_config.num_clusters)
     raise ValueError(f"config.data.name={data_config.name!r} is unknown; valid: ['clustered'].")

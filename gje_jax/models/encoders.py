@@ -177,10 +177,16 @@ class ResNet(nn.Module):
 
 
 def resnet18(**kw) -> ResNet:
+    """ResNet-18 (basic blocks, stages 2-2-2-2): [B, H, W, 3] -> [B, 8 * width] features.
+    kw: stem ('cifar': 3x3 conv, no pool | 'imagenet': 7x7/2 + max pool), width, dtype.
+
+    Example: `resnet18(stem="cifar").init(key, jnp.zeros((2, 32, 32, 3)))`."""
     return ResNet(stage_sizes=(2, 2, 2, 2), bottleneck=False, **kw)
 
 
 def resnet50(**kw) -> ResNet:
+    """ResNet-50 (bottleneck blocks, stages 3-4-6-3): [B, H, W, 3] -> [B, 32 * width] features.
+    kw as for resnet18."""
     return ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, **kw)
 
 

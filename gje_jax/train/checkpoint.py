@@ -17,6 +17,7 @@ class CheckpointError(RuntimeError):
 
 
 def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager over WORKDIR/checkpoints keeping the last `keep` steps."""
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -24,6 +25,7 @@ def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+    """Saves the whole TrainState as `step` (asynchronously; the manager waits on close)."""
     mngr.save(step, args=ocp.args.StandardSave(state), force=True)
 
 

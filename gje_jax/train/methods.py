@@ -335,6 +335,9 @@ METHODS: dict[str, Callable[[Any], Method]] = {
 
 
 def get_method(method_config) -> Method:
+    """The registered Method for config.method (its `name` selects it from METHODS).
+
+    Example: `get_method(config.method).loss(params, state, embeddings)`."""
     name = method_config.name
     if name not in METHODS:
         raise ValueError(f"config.method.name={name!r} is unknown; valid methods: {sorted(METHODS)}.")
