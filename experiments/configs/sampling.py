@@ -41,7 +41,7 @@ def get_config(arg: str = ""):
     c.vision_config = "experiments/configs/cifar10_small.py"
     c.vision_size = ""
     c.vision_workdir = "runs/c10"
-    c.vision_train_embeddings = 20000
+    c.vision_train_embeddings = 10000
     if arg == "runlocal":
         c.parts = ("synthetic",)
         c.num_heldout = 256
