@@ -30,12 +30,22 @@ from gje_jax.data import augment, images
 from gje_jax.models import build_network
 from gje_jax.train import loop
 
-_CONFIG = flags.DEFINE_string("config", "experiments/configs/cifar10_small.py", "Image config file (argument: method).")
-_SIZE = flags.DEFINE_string("size", "", "Size argument appended to the method (e.g. runlocal).")
-_METHODS = flags.DEFINE_list("methods", [], "Methods to run (default: every SSL method of the config).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the per-method workdirs.", required=True)
-_OUT = flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision.")
-_STEPS = flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's).")
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+    """Defined only when run as a script, so importing the helpers below defines no flags
+    (experiments.main has its own --config)."""
+    _FLAGS.update(
+        config=flags.DEFINE_string(
+            "config", "experiments/configs/cifar10_small.py", "Image config file (argument: method)."
+        ),
+        size=flags.DEFINE_string("size", "", "Size argument appended to the method (e.g. runlocal)."),
+        methods=flags.DEFINE_list("methods", [], "Methods to run (default: every SSL method of the config)."),
+        workdir=flags.DEFINE_string("workdir", None, "Parent directory of the per-method workdirs.", required=True),
+        out=flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision."),
+        num_steps=flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's)."),
+    )
 
 
 def _load_config_module(path: str):
@@ -184,18 +194,18 @@ def write_table(rows, config, out: str, command: str) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    module = _load_config_module(_CONFIG.value)
+    module = _load_config_module(_FLAGS["config"].value)
     from experiments.configs.vision import SSL_METHODS
 
-    methods = _METHODS.value or list(SSL_METHODS)
-    base = method_config(module, methods[0], _SIZE.value, _STEPS.value)
+    methods = _FLAGS["methods"].value or list(SSL_METHODS)
+    base = method_config(module, methods[0], _FLAGS["size"].value, _FLAGS["num_steps"].value)
     d = base.data
     train = images.load_split(d, d.train_split, progress=True)
     test = images.load_split(d, d.test_split, progress=True)
     rows = [random_row(base, train, test)]
     for method in methods:
-        config = method_config(module, method, _SIZE.value, _STEPS.value)
-        row = run_method(config, os.path.join(_WORKDIR.value, method), train, test)
+        config = method_config(module, method, _FLAGS["size"].value, _FLAGS["num_steps"].value)
+        row = run_method(config, os.path.join(_FLAGS["workdir"].value, method), train, test)
         print(
             f"{method:10s} kNN "
             + " ".join(f"k={k}: {100 * row[f'knn_k{k}']:.1f}" for k in config.eval.knn_k)
@@ -205,10 +215,11 @@ def main(argv):
     for r in rows:
         r.update(n_train=len(train["label"]), n_test=len(test["label"]))
     command = " ".join(["python -m experiments.report_vision"] + sys.argv[1:])
-    out = _OUT.value or os.path.join(_WORKDIR.value, "vision")
+    out = _FLAGS["out"].value or os.path.join(_FLAGS["workdir"].value, "vision")
     print(write_table(rows, base, out, command))
     print(f"Table: {out}.md, {out}.csv")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

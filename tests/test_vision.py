@@ -325,3 +325,12 @@ def test_matmul_conv_equals_lax_convolution():
     s = np.asarray(space_to_depth(x, 2))
     assert s.shape == (2, 4, 3, 20)
     np.testing.assert_array_equal(s[1, 2, 1].reshape(2, 2, 5), np.asarray(x)[1, 4:6, 2:4])
+
+
+def test_report_helpers_import_next_to_the_main_entry_point():
+    # experiments.sampling uses report_vision's helpers inside `python -m experiments.main`:
+    # importing it must not define a second --config flag.
+    import experiments.main  # noqa: F401
+    from experiments import report_vision
+
+    assert callable(report_vision.method_config)
