@@ -168,8 +168,9 @@ def load_vision(config, name: str):
     module = report_vision._load_config_module(config.vision_config)
     c = report_vision.method_config(module, name, config.vision_size)
     workdir = os.path.join(config.vision_workdir, name)
-    source, views_fn, _ = loop.load_data(c)
-    state, *_ = loop.setup(c)
+    data = loop.load_data(c)
+    source, views_fn, _ = data
+    state, *_ = loop.setup(c, data=data)
     mngr = checkpoint.make_manager(workdir, keep=c.keep_checkpoints)
     if mngr.latest_step() != c.num_steps:
         mngr.close()

@@ -75,3 +75,33 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     return c
+
+
+def clustered_views_train(runlocal: bool = False) -> ml_collections.ConfigDict:
+    """The training section shared by the trap and sampling experiments: clustered points
+    (32-D, 8 clusters) seen through two noisy views, one MLP encoder to 16-D embeddings.
+    runlocal shrinks it to a seconds-long run."""
+    t = base_config()
+    t.batch_size = 256
+    t.data.dim = 32
+    t.model.hidden = (128,)
+    t.model.feature_dim = 32
+    t.model.embed_dim = 16
+    t.method.num_components = 8
+    t.method.gng_capacity = 16
+    t.method.gng_insert_every = 50
+    t.method.mdn_hidden = (64,)
+    if runlocal:
+        t.num_steps = 10
+        t.batch_size = 64
+        t.data.num_examples = 512
+        t.data.dim = 8
+        t.model.hidden = (16,)
+        t.model.feature_dim = 8
+        t.model.embed_dim = 4
+        t.method.num_components = 3
+        t.method.bank_size = 128
+        t.method.gng_capacity = 6
+        t.method.gng_insert_every = 10
+        t.method.mdn_hidden = (8,)
+    return t

@@ -10,7 +10,7 @@ The CIFAR-10 part loads the runs of `experiments.report_vision` from vision_work
 
 import ml_collections
 
-from experiments.configs.common import base_config
+from experiments.configs.common import clustered_views_train
 
 METHODS = ("gje", "gmje", "gmje_em", "gmje_mdn", "gmje_gng", "gmje_smc", "simclr", "vicreg", "predictor")
 
@@ -22,20 +22,16 @@ def get_config(arg: str = ""):
     c.parts = ("synthetic", "cifar10")
     c.methods = METHODS
     c.num_heldout = 4000
+    if arg not in ("", "runlocal"):
+        raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
     # Synthetic part: clustered points (labels = 8 clusters), two noisy views, an MLP encoder.
-    t = base_config()
-    t.num_steps = 1500
-    t.batch_size = 256
-    t.data.dim = 32
-    t.data.num_examples = 16384
-    t.model.hidden = (128,)
-    t.model.feature_dim = 32
-    t.model.embed_dim = 16
-    t.method.num_components = 8
-    t.method.bank_size = 4096
-    t.method.gng_capacity = 16
-    t.method.gng_insert_every = 50
-    t.method.mdn_hidden = (64,)
+    t = clustered_views_train(runlocal=arg == "runlocal")
+    if arg == "runlocal":
+        t.num_steps = 20
+    else:
+        t.num_steps = 1500
+        t.data.num_examples = 16384
+        t.method.bank_size = 4096
     c.synthetic = t
     # CIFAR-10 part: the report_vision runs.
     c.vision_config = "experiments/configs/cifar10_small.py"
@@ -45,19 +41,5 @@ def get_config(arg: str = ""):
     if arg == "runlocal":
         c.parts = ("synthetic",)
         c.num_heldout = 256
-        t.num_steps = 20
-        t.batch_size = 64
-        t.data.num_examples = 512
-        t.data.dim = 8
-        t.model.hidden = (16,)
-        t.model.feature_dim = 8
-        t.model.embed_dim = 4
-        t.method.num_components = 3
-        t.method.bank_size = 128
-        t.method.gng_capacity = 6
-        t.method.gng_insert_every = 5
-        t.method.mdn_hidden = (16,)
-    elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
     c.lock()
     return c

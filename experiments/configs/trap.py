@@ -8,7 +8,7 @@ one shared MLP encoder).
 
 import ml_collections
 
-from experiments.configs.common import base_config
+from experiments.configs.common import clustered_views_train
 
 
 def get_config(arg: str = ""):
@@ -16,23 +16,17 @@ def get_config(arg: str = ""):
     c.experiment = "trap"
     c.eval_every = 50
     c.num_eval = 1024
-    t = base_config()
-    t.num_steps = 1200
+    if arg not in ("", "runlocal"):
+        raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
+    t = clustered_views_train(runlocal=arg == "runlocal")
+    if not arg:
+        t.num_steps = 1200
+        t.data.num_examples = 8192
+        t.method.bank_size = 2048
     # Constant Adam steps: the naive loss's collapse is steady shrinkage of the output
     # layer, so a decaying schedule would only slow it down.
     t.optim.lr = 2e-3
     t.optim.schedule = "constant"
-    t.batch_size = 256
-    t.data.dim = 32
-    t.data.num_examples = 8192
-    t.model.hidden = (128,)
-    t.model.feature_dim = 32
-    t.model.embed_dim = 16
-    t.method.num_components = 8
-    t.method.bank_size = 2048
-    t.method.gng_capacity = 16
-    t.method.gng_insert_every = 50
-    t.method.mdn_hidden = (64,)
     c.train = t
     # (label, method overrides). Rows of unregistered methods are skipped.
     c.rows = (
@@ -49,19 +43,5 @@ def get_config(arg: str = ""):
     if arg == "runlocal":
         c.eval_every = 5
         c.num_eval = 128
-        t.num_steps = 10
-        t.batch_size = 64
-        t.data.num_examples = 512
-        t.data.dim = 8
-        t.model.hidden = (16,)
-        t.model.feature_dim = 8
-        t.model.embed_dim = 4
-        t.method.num_components = 3
-        t.method.bank_size = 128
-        t.method.gng_capacity = 6
-        t.method.gng_insert_every = 10
-        t.method.mdn_hidden = (8,)
-    elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
     c.lock()
     return c

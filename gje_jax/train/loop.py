@@ -118,11 +118,13 @@ def load_data(config):
     return ArraySource(data, process_local=True), views_fn, (d.num_classes if d.online_probe else 0)
 
 
-def setup(config, mesh: Mesh | None = None):
-    """Builds (state, step_fn, source, shardings); reads data but writes nothing."""
+def setup(config, mesh: Mesh | None = None, data=None):
+    """Builds (state, step_fn, source, shardings); reads data but writes nothing.
+
+    data: the result of load_data(config), when the caller already has it."""
     mesh = mesh or make_mesh()
     config_check.validate(config, num_devices=mesh.size)
-    source, views_fn, num_classes = load_data(config)
+    source, views_fn, num_classes = data if data is not None else load_data(config)
     data = source.arrays
     network = build_network(config.model)
     method = get_method(config.method)
