@@ -65,11 +65,33 @@ def _signature(obj) -> str:
     return re.sub(r" at 0x[0-9a-f]+", "", str(sig.replace(parameters=params)))
 
 
+def _fence_examples(doc: str) -> str:
+    """The indented block after an 'Example:' line becomes a fenced python block."""
+    lines, out, i = doc.split("\n"), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        if lines[i].strip() == "Example:":
+            j = i + 1
+            block = []
+            while j < len(lines) and (lines[j].startswith("  ") or not lines[j].strip()):
+                block.append(lines[j])
+                j += 1
+            while block and not block[-1].strip():
+                block.pop()
+            out += ["", "```python", *inspect.cleandoc("\n".join(block)).split("\n"), "```"]
+            i = j
+            continue
+        i += 1
+    return "\n".join(out)
+
+
 def render() -> str:
     out = [
         "# API reference",
         "",
         "Generated from the docstrings by `python -m experiments.api_docs`; do not edit by hand.",
+        "Every example runs as a test (tests/test_examples.py) and assumes",
+        "`import jax, jax.numpy as jnp, numpy as np, gje_jax`.",
         "",
     ]
     for name in MODULES:
@@ -82,7 +104,7 @@ def render() -> str:
             out += [f"### `{name}.{n}`", "", f"```python\n{kind} {n}{sig}\n```", ""]
             doc = inspect.getdoc(obj)
             if doc:
-                out += [doc, ""]
+                out += [_fence_examples(doc), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

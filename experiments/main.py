@@ -5,7 +5,7 @@ r"""The one entry point.
 
 With no flags it runs the synthetic multi-modal alignment comparison on `two_branch`
 (every method, ~2 minutes on 2 CPU cores) into runs/alignment. A config whose
-`experiment` field is 'alignment', 'trap' or 'sampling' runs that experiment; any other config
+`experiment` field is 'alignment', 'trap', 'sampling' or 'stability' runs that experiment; any other config
 trains one method: writing DIR/config.json, DIR/metrics.jsonl, TensorBoard events
 in DIR/tb and orbax checkpoints in DIR/checkpoints; rerunning the same command resumes
 from the latest checkpoint. Ctrl-C / SIGTERM save at the next step and exit cleanly.
@@ -49,6 +49,10 @@ def main(argv):
         from experiments import sampling
 
         sampling.run(config, _WORKDIR.value, command=command)
+    elif kind == "stability":
+        from experiments import stability
+
+        stability.run(config, _WORKDIR.value, command=command)
     else:
         from gje_jax.train import loop
 

@@ -153,7 +153,7 @@ def train_synthetic(config, name: str, progress: bool):
 
         it = tqdm(it, desc=f"synthetic {name}", leave=False, dynamic_ncols=True)
     for step in it:
-        state, _ = step_fn(state, loop.global_batch(source, c, step, sharding), key)
+        state, _ = loop.run_step(c, step_fn, state, loop.global_batch(source, c, step, sharding), key)
     d = c.data
     # Held-out points: fresh draws around the same cluster centres.
     test = synthetic.make_clustered(c.seed, config.num_heldout, d.dim, d.num_clusters, point_seed=1)

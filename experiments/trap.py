@@ -72,7 +72,9 @@ def run_one(train_config, eval_every: int, num_eval: int, progress: bool, label:
             rows.append({"step": step, **d})
         if step == train_config.num_steps:
             break
-        state, metrics = step_fn(state, loop.global_batch(source, train_config, step, sharding), key)
+        state, metrics = loop.run_step(
+            train_config, step_fn, state, loop.global_batch(source, train_config, step, sharding), key
+        )
         if bar:
             bar.update(1)
     if bar:

@@ -6,6 +6,8 @@ costs nothing in the compiled program. Messages name the argument and its shape.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import jax
@@ -59,6 +61,46 @@ def is_concrete(*xs) -> bool:
 
 
 def check_finite_if_concrete(x, name: str) -> None:
-    """Raises on NaN/Inf when `x` is concrete; a no-op under jit (use checkify there)."""
-    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError(f"{name} contains NaN or Inf (shape {tuple(np.shape(x))}).")
+    """Raises ValueError on NaN/Inf when `x` is concrete (eager calls); a no-op on tracers
+    (under jit, vmap or grad NaN propagates: use the debug mode's checkify checks there).
+
+    The reduction runs where `x` lives; only one boolean comes back to the host."""
+    if x is not None and is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        n_bad = int(jnp.sum(~jnp.isfinite(x)))
+        raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s) (shape {tuple(np.shape(x))}).")
+
+
+def check_log_weights_if_concrete(x, name: str) -> None:
+    """Like check_finite_if_concrete, but -inf (a zero weight) is allowed, as long as at
+    least one entry along the last axis is finite."""
+    if x is None or not is_concrete(x):
+        return
+    x = jnp.asarray(x)
+    if bool(jnp.any(jnp.isnan(x) | (x == jnp.inf))):
+        raise ValueError(f"{name} contains NaN or +Inf (shape {tuple(x.shape)}); zero weights are -inf.")
+    if x.size and not bool(jnp.all(jnp.any(jnp.isfinite(x), axis=-1))):
+        raise ValueError(f"{name} is -inf everywhere (shape {tuple(x.shape)}): every weight is zero.")
+
+
+def finite_args(*names: str, log_weights: Sequence[str] = ()):
+    """Decorator, put above `jax.jit`: an eager call checks the named array arguments for
+    NaN/Inf (and `log_weights` ones for NaN, +Inf or all -inf) before running; calls on
+    tracers (inside jit, vmap, grad) are not checked."""
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind_partial(*args, **kwargs).arguments
+            for n in names:
+                if n in bound:
+                    check_finite_if_concrete(bound[n], n)
+            for n in log_weights:
+                if n in bound:
+                    check_log_weights_if_concrete(bound[n], n)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

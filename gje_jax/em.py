@@ -24,7 +24,13 @@ from gje_jax.mixture import GaussianMixture, component_log_probs
 class EMState:
     """weights [K] (sum to one); means [K, D]; covs [K, D, D] (without the ridge);
     chols [K, D, D] factors of the regularised covs (cached for the loss);
-    initialized [] bool; num_reseeded [] int32 (cumulative, for logging)."""
+    initialized [] bool; num_reseeded [] int32 (cumulative, for logging).
+
+    Example:
+      >>> state = gje_jax.em.EMState.create(jax.random.key(0), num_components=3, dim=2)
+      >>> state.means.shape, bool(state.initialized)
+      ((3, 2), False)
+    """
 
     weights: jax.Array
     means: jax.Array
@@ -65,6 +71,12 @@ def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
 
     Returns:
       [K] int32 indices into z.
+
+    Example:
+      >>> z = jnp.concatenate([jnp.zeros((50, 2)), 10 + jnp.zeros((50, 2))])
+      >>> idx = gje_jax.em.kmeans_plus_plus(jax.random.key(0), z, 2)   # indices into z
+      >>> sorted(z[idx, 0].tolist())                               # one seed per cluster
+      [0.0, 10.0]
     """
     z = v.as_float(z, "z")
     v.check_rank(z, 2, "z", "[N, D]")
@@ -140,6 +152,15 @@ def update(
     The first call on an uninitialised state seeds by k-means++ instead.
 
     Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight'}).
+
+    Example:
+      >>> z = jnp.concatenate([jax.random.normal(jax.random.key(0), (256, 2)) - 5, jax.random.normal(jax.random.key(1), (256, 2)) + 5])
+      >>> state = gje_jax.em.EMState.create(jax.random.key(2), num_components=2, dim=2)
+      >>> update = jax.jit(gje_jax.em.update, static_argnames="momentum")
+      >>> for i in range(10):
+      ...     state, metrics = update(state, z, jax.random.key(i), momentum=0.5)
+      >>> sorted(jnp.round(state.means[:, 0]).tolist())
+      [-5.0, 5.0]
     """
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
     v.check_rank(z, 2, "z", "[N, D]")

@@ -4,9 +4,9 @@ Both take features as arrays, so they serve any encoder: `embed` computes them f
 trained network in fixed-size jitted batches.
 
 Example:
-  >>> tr = embed(fn, train_images); te = embed(fn, test_images)
-  >>> knn_accuracy(tr, train_labels, te, test_labels, num_classes=10, k=200, temperature=0.1)
-  >>> linear_probe(tr, train_labels, te, test_labels, num_classes=10)["test_accuracy"]
+    tr = embed(fn, train_images); te = embed(fn, test_images)
+    knn_accuracy(tr, train_labels, te, test_labels, num_classes=10, k=200, temperature=0.1)
+    linear_probe(tr, train_labels, te, test_labels, num_classes=10)["test_accuracy"]
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import optax
 
 def embed(fn: Callable, images: np.ndarray, batch_size: int = 500, progress: bool = False) -> np.ndarray:
     """Applies fn (images [b, ...] -> features [b, F]) in batches of batch_size (the last one
-    padded, so fn compiles once). Returns float32 [N, F] on the host."""
+    padded, so fn compiles once). Returns float32 [N, F] on the host.
+
+    Example:
+      >>> feats = gje_jax.evaluation.embed(lambda x: x.reshape(len(x), -1)[:, :3], np.zeros((7, 4, 4, 3), np.uint8), batch_size=4)
+      >>> feats.shape                                              # padded to fixed-size batches, then trimmed
+      (7, 3)
+    """
     jfn = jax.jit(fn)
     n = len(images)
     out = []
@@ -67,6 +73,11 @@ def knn_predict(
 
     train_features [N, F], train_labels int [N], query_features [Q, F] -> int32 [Q].
     Memory is O(chunk * N): queries are processed `chunk` at a time.
+
+    Example:
+      >>> train, labels = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
+      >>> gje_jax.evaluation.knn_predict(train, labels, np.array([[0.9, 0.1], [0.2, 0.8]]), num_classes=2, k=1).tolist()
+      [0, 1]
     """
     train_features = np.asarray(train_features, np.float32)
     query_features = np.asarray(query_features, np.float32)
@@ -88,7 +99,14 @@ def knn_predict(
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes: int, k=200, temperature=0.1):
-    """Top-1 accuracy (a float in [0, 1]) of knn_predict on the test set."""
+    """Top-1 accuracy (a float in [0, 1]) of knn_predict on the test set.
+
+    Example:
+      >>> train = np.eye(2)[np.repeat([0, 1], 10)] + 0.01
+      >>> labels = np.repeat([0, 1], 10)
+      >>> gje_jax.evaluation.knn_accuracy(train, labels, train, labels, num_classes=2, k=5)
+      1.0
+    """
     pred = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
     return float(np.mean(pred == np.asarray(test_labels)))
 
@@ -114,6 +132,13 @@ def linear_probe(
 
     Returns {'train_accuracy', 'test_accuracy', 'train_loss'} (floats) and 'predict',
     a function features [n, F] -> labels [n].
+
+    Example:
+      >>> x = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
+      >>> y = (x[:, 0] > 0).astype(np.int32)                       # linearly separable
+      >>> result = gje_jax.evaluation.linear_probe(x, y, x, y, num_classes=2, epochs=100)
+      >>> result["test_accuracy"] > 0.9
+      True
     """
     x = np.asarray(train_features, np.float32)
     xt = np.asarray(test_features, np.float32)

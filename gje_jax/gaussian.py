@@ -25,11 +25,18 @@ def _check_batch(z, name: str = "z") -> jax.Array:
     v.check_nonempty(z.shape[0], f"{name} (shape {tuple(z.shape)})")
     if z.shape[1] == 0:
         raise ValueError(f"{name} must have D >= 1 columns, got shape {tuple(z.shape)}.")
+    v.check_finite_if_concrete(z, name)
     return z
 
 
 def empirical_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean [D] and biased covariance S = (1/N) sum (z - mu)(z - mu)^T [D, D] of z [N, D]."""
+    """Mean [D] and biased covariance S = (1/N) sum (z - mu)(z - mu)^T [D, D] of z [N, D].
+
+    Example:
+      >>> mu, cov = gje_jax.empirical_moments(jnp.array([[0.0, 0.0], [2.0, 0.0]]))
+      >>> mu.tolist(), cov.tolist()                                # biased: divides by N
+      ([1.0, 0.0], [[1.0, 0.0], [0.0, 0.0]])
+    """
     z = _check_batch(z)
     mu = jnp.mean(z, axis=0)
     r = z - mu
@@ -42,6 +49,10 @@ def regularize(cov: jax.Array, eps_rel: float = DEFAULT_EPS_REL, eps_abs: float 
     The relative ridge makes the estimate scale-equivariant (rescaling z by s rescales
     the result by s^2 when eps_abs = 0); the absolute ridge keeps a collapsed batch
     (S = 0) factorisable.
+
+    Example:
+      >>> gje_jax.regularize(jnp.zeros((2, 2)), eps_rel=0.0, eps_abs=1e-3).tolist()
+      [[0.0010000000474974513, 0.0], [0.0, 0.0010000000474974513]]
     """
     cov = v.as_float(cov, "cov")
     d = cov.shape[-1]
@@ -54,6 +65,12 @@ def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     `covariance.ledoit_wolf` with assume_centered=False).
 
     Returns (shrunk covariance [D, D], shrinkage [] in [0, 1]).
+
+    Example:
+      >>> z = jax.random.normal(jax.random.key(0), (10, 20))       # N < D: S is singular
+      >>> cov, shrinkage = gje_jax.ledoit_wolf(z)
+      >>> cov.shape, bool(jnp.linalg.eigvalsh(cov).min() > 0), 0.0 <= float(shrinkage) <= 1.0
+      ((20, 20), True, True)
     """
     z = _check_batch(z)
     n, d = z.shape
@@ -68,6 +85,7 @@ def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     return (1.0 - shrink) * s + shrink * mu * jnp.eye(d, dtype=s.dtype), shrink
 
 
+@v.finite_args("z")
 @functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs", "shrinkage"))
 def fit_gaussian(
     z: jax.Array,
@@ -88,6 +106,12 @@ def fit_gaussian(
 
     Returns:
       GaussianMixture with K = 1: log_weights [1], means [1, D], chols [1, D, D].
+
+    Example:
+      >>> z = jax.random.normal(jax.random.key(0), (1000, 4)) * 2.0
+      >>> g = gje_jax.fit_gaussian(z)                              # a GaussianMixture with K = 1
+      >>> g.means.shape, g.chols.shape, bool(jnp.allclose(jnp.diag(g.chols[0]), 2.0, atol=0.15))
+      ((1, 4), (1, 4, 4), True)
     """
     z = _check_batch(z)
     if shrinkage is None:
@@ -111,7 +135,13 @@ def _single(gaussian: GaussianMixture, what: str) -> GaussianMixture:
 
 
 def gaussian_entropy(gaussian: GaussianMixture) -> jax.Array:
-    """Differential entropy D/2 log(2 pi e) + sum log L_ii of a K = 1 mixture. -> []."""
+    """Differential entropy D/2 log(2 pi e) + sum log L_ii of a K = 1 mixture. -> [].
+
+    Example:
+      >>> g = gje_jax.GaussianMixture.from_covariances(jnp.zeros(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
+      >>> round(float(gje_jax.gaussian_entropy(g)), 4)             # log(2 pi e) for D = 2
+      2.8379
+    """
     return _single(gaussian, "gaussian_entropy").entropy_per_component()[0]
 
 
@@ -121,6 +151,12 @@ def gaussian_mutual_information(gaussian: GaussianMixture, split: int) -> jax.Ar
     With the joint factor L: log|S| = log|S_cc| + log|L_tt L_tt^T|, so
     I = sum log diag chol(S_tt) - sum log diag L_tt (one factorisation of S_tt).
     Equals -1/2 sum log(1 - rho_i^2) over the canonical correlations. -> [].
+
+    Example:
+      >>> rho = 0.6
+      >>> g = gje_jax.GaussianMixture.from_covariances(jnp.zeros(1), jnp.zeros((1, 2)), jnp.array([[[1.0, rho], [rho, 1.0]]]))
+      >>> round(float(gje_jax.gaussian_mutual_information(g, split=1)), 4)   # -1/2 log(1 - rho^2)
+      0.2231
     """
     g = _single(gaussian, "gaussian_mutual_information")
     split = v.check_split(split, g.dim)
@@ -134,8 +170,16 @@ def effective_rank(cov: jax.Array) -> jax.Array:
     """exp(entropy of the normalised eigenvalues) of a PSD matrix [D, D] -> [] in [1, D].
 
     A diagnostic (no gradient): it reads eigenvalues, which need no inverse.
+
+    Example:
+      >>> round(float(gje_jax.effective_rank(jnp.eye(4))), 4), round(float(gje_jax.effective_rank(jnp.diag(jnp.array([1.0, 0, 0, 0])))), 4)
+      (4.0, 1.0)
     """
     cov = jax.lax.stop_gradient(v.as_float(cov, "cov"))
+    v.check_rank(cov, 2, "cov", "[D, D]")
+    if cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"cov must be square [D, D], got shape {tuple(cov.shape)}.")
+    v.check_finite_if_concrete(cov, "cov")
     ev = jnp.clip(jnp.linalg.eigvalsh(cov), 0.0, None)
     p = ev / jnp.maximum(jnp.sum(ev), jnp.finfo(ev.dtype).tiny)
     ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
@@ -148,6 +192,13 @@ class GaussianStats:
 
     Attributes:
       mean: [D]; cov: [D, D]; count: [] number of updates so far (0 = empty).
+
+    Example:
+      >>> stats = gje_jax.GaussianStats.zeros(3)
+      >>> for i in range(50):
+      ...     stats = stats.update(jax.random.normal(jax.random.key(i), (256, 3)), momentum=0.9)
+      >>> bool(jnp.allclose(stats.cov, jnp.eye(3), atol=0.2)), stats.to_gaussian().chols.shape
+      (True, (1, 3, 3))
     """
 
     mean: jax.Array

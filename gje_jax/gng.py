@@ -34,6 +34,11 @@ class GNGConfig:
     other, never win, so their edge never ages and plain GNG keeps them forever;
     momentum: EMA of the win shares and residual moments; covariance: 'node' (per-node EMA of residual second moments) or
     'isotropic' (one shared variance); floor: variance floor of the mixture view.
+
+    Example:
+      >>> cfg = gje_jax.gng.GNGConfig(insert_every=50)
+      >>> cfg.eps_b, cfg.insert_every
+      (0.2, 50)
     """
 
     eps_b: float = 0.2
@@ -71,7 +76,13 @@ class GNGState:
     """nodes [K, D]; active [K] bool; edges [K, K] bool (symmetric); ages [K, K] int32;
     error [K] accumulated squared error; idle [K] int32 inputs since the node last won; wins [K] EMA win shares; covs [K, D, D] EMA
     residual second moments (or [1, D, D] shared isotropic); inputs_seen [] int32;
-    initialized [] bool."""
+    initialized [] bool.
+
+    Example:
+      >>> state = gje_jax.gng.GNGState.create(capacity=10, dim=2)
+      >>> state.capacity, int(state.num_active())
+      (10, 0)
+    """
 
     nodes: jax.Array
     active: jax.Array
@@ -202,6 +213,12 @@ def update(state: GNGState, xs: jax.Array, cfg: GNGConfig = GNGConfig()) -> tupl
     uninitialised state places two nodes at xs[0] and xs[1].
 
     Returns (state, metrics {'gng_nodes', 'gng_edges', 'gng_quantization_error'}).
+
+    Example:
+      >>> state = gje_jax.gng.GNGState.create(capacity=12, dim=2)
+      >>> state, metrics = gje_jax.gng.update(state, jax.random.normal(jax.random.key(0), (1000, 2)), gje_jax.gng.GNGConfig(insert_every=100))
+      >>> 2 < int(state.num_active()) <= 12, sorted(metrics)[:2]
+      (True, ['gng_edges', 'gng_nodes'])
     """
     xs = jax.lax.stop_gradient(v.as_float(xs, "xs"))
     v.check_rank(xs, 2, "xs", "[N, D]")
@@ -251,7 +268,14 @@ def mixture(state: GNGState, floor: float = 1e-4) -> GaussianMixture:
     """The mixture view: means = node positions, covariances = EMA residual second
     moments + floor * I, weights proportional to EMA win shares; inactive nodes get
     log-weight -inf (and an identity factor so every entry stays finite). Stop-gradient.
-    An uninitialised graph (no active node) gives its placeholder nodes uniform weights."""
+    An uninitialised graph (no active node) gives its placeholder nodes uniform weights.
+
+    Example:
+      >>> state, _ = gje_jax.gng.update(gje_jax.gng.GNGState.create(8, 2), jax.random.normal(jax.random.key(0), (256, 2)))
+      >>> gm = gje_jax.gng.mixture(state)                         # inactive nodes: log-weight -inf
+      >>> gm.means.shape, int(jnp.isfinite(gm.log_weights).sum()) == int(state.num_active())
+      ((8, 2), True)
+    """
     s = jax.lax.stop_gradient(state)
     k, d = s.nodes.shape
     covs = jnp.broadcast_to(s.covs, (k, d, d))
@@ -266,7 +290,14 @@ def mixture(state: GNGState, floor: float = 1e-4) -> GaussianMixture:
 
 
 def quantization_error(state: GNGState, xs: jax.Array) -> jax.Array:
-    """Mean squared distance of xs [N, D] to the nearest active node. -> []."""
+    """Mean squared distance of xs [N, D] to the nearest active node. -> [].
+
+    Example:
+      >>> xs = jax.random.normal(jax.random.key(0), (512, 2))
+      >>> state, _ = gje_jax.gng.update(gje_jax.gng.GNGState.create(8, 2), xs, gje_jax.gng.GNGConfig(insert_every=50))
+      >>> float(gje_jax.gng.quantization_error(state, xs)) < float(jnp.mean(jnp.sum(xs**2, 1)))   # beats one node at 0
+      True
+    """
     xs = v.as_float(xs, "xs")
     w = state.nodes
     d2 = jnp.sum(xs * xs, -1, keepdims=True) + jnp.sum(w * w, -1) - 2.0 * xs @ w.T  # [N, K], no [N, K, D]

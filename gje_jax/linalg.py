@@ -206,6 +206,12 @@ def cholesky(cov: jax.Array) -> jax.Array:
 
     Returns:
       [..., n, n] lower-triangular factor with a positive diagonal.
+
+    Example:
+      >>> cov = jnp.array([[4.0, 2.0], [2.0, 3.0]])
+      >>> L = gje_jax.linalg.cholesky(cov)
+      >>> bool(jnp.allclose(L @ L.T, cov, atol=1e-5)), bool(jnp.isnan(gje_jax.linalg.cholesky(-jnp.eye(2))).any())
+      (True, True)
     """
     cov = v.as_float(cov, "cov")
     _check_square(cov, "cov")
@@ -221,12 +227,24 @@ def solve_tril(scale_tril: jax.Array, b: jax.Array) -> jax.Array:
 
     Returns:
       [..., n, m].
+
+    Example:
+      >>> L = jnp.array([[2.0, 0.0], [1.0, 1.0]])
+      >>> x = gje_jax.linalg.solve_tril(L, jnp.array([[2.0], [3.0]]))
+      >>> x.tolist()                                               # L x = b
+      [[1.0], [2.0]]
     """
     return tril_inverse(scale_tril) @ v.as_float(b, "b")
 
 
 def half_logdet(scale_tril: jax.Array) -> jax.Array:
-    """sum_i log L_ii = 1/2 log|L L^T|. [..., n, n] -> [...]."""
+    """sum_i log L_ii = 1/2 log|L L^T|. [..., n, n] -> [...].
+
+    Example:
+      >>> L = jnp.linalg.cholesky(jnp.array([[4.0, 2.0], [2.0, 3.0]]))
+      >>> round(float(gje_jax.linalg.half_logdet(L)), 4) == round(0.5 * float(jnp.log(8.0)), 4)   # 1/2 log|L L^T|
+      True
+    """
     return jnp.sum(jnp.log(jnp.diagonal(scale_tril, axis1=-2, axis2=-1)), axis=-1)
 
 
@@ -239,6 +257,11 @@ def scale_tril_from_unconstrained(raw: jax.Array, floor: float = 1e-4) -> jax.Ar
 
     Returns:
       [..., n, n] lower-triangular factor with diagonal > floor.
+
+    Example:
+      >>> L = gje_jax.linalg.scale_tril_from_unconstrained(jnp.zeros((3, 3)), floor=1e-4)
+      >>> bool(jnp.all(jnp.diag(L) > 0)), bool(jnp.all(jnp.triu(L, 1) == 0))
+      (True, True)
     """
     raw = v.as_float(raw, "raw")
     _check_square(raw, "raw")
@@ -247,7 +270,14 @@ def scale_tril_from_unconstrained(raw: jax.Array, floor: float = 1e-4) -> jax.Ar
 
 
 def unconstrained_from_scale_tril(scale_tril: jax.Array, floor: float = 1e-4) -> jax.Array:
-    """Inverse of `scale_tril_from_unconstrained` (diagonal must exceed `floor`)."""
+    """Inverse of `scale_tril_from_unconstrained` (diagonal must exceed `floor`).
+
+    Example:
+      >>> L = jnp.array([[2.0, 0.0], [0.5, 1.0]])
+      >>> raw = gje_jax.linalg.unconstrained_from_scale_tril(L)
+      >>> bool(jnp.allclose(gje_jax.linalg.scale_tril_from_unconstrained(raw), L, atol=1e-5))   # inverse maps
+      True
+    """
     d = jnp.diagonal(scale_tril, axis1=-2, axis2=-1) - floor
     inv_softplus = d + jnp.log(-jnp.expm1(-d))  # log(exp(d) - 1), stable for large d.
     n = scale_tril.shape[-1]

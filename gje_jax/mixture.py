@@ -45,6 +45,7 @@ def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // max(1, k * d))
 
 
+@v.finite_args("z", "means", "scale_trils")
 @functools.partial(jax.jit, static_argnames=("chunk_elements",))
 def component_log_probs(
     z: jax.Array,
@@ -64,8 +65,19 @@ def component_log_probs(
     Returns:
       (log_probs [N, K], mahalanobis [N, K]) in float32, the squared distances
       |L_k^{-1}(z_n - mu_k)|^2 included for diagnostics.
+
+    Example:
+      >>> log_probs, maha = gje_jax.component_log_probs(jnp.zeros((4, 2)), jnp.zeros((3, 2)), jnp.stack([jnp.eye(2)] * 3))
+      >>> log_probs.shape, float(log_probs[0, 0]).__round__(4)   # log N(0 | 0, I) = -log(2 pi)
+      ((4, 3), -1.8379)
+      >>> maha.max().item()
+      0.0
     """
+    means, scale_trils = v.as_float(means, "means"), v.as_float(scale_trils, "chols")
+    v.check_rank(means, 2, "means", "[K, D]")
+    _check_params(jnp.zeros(means.shape[:1], means.dtype), means, scale_trils)
     k, d = means.shape
+    z = _check_points(z, d, "z")
     w = linalg.tril_inverse(scale_trils)  # [K, D, D]
     w_mu = jnp.einsum("kde,ke->kd", w, means)
     log_norm = -linalg.half_logdet(scale_trils) - 0.5 * d * linalg.LOG_2PI  # [K]
@@ -125,6 +137,7 @@ def _check_points(z: jax.Array, d: int, name: str) -> jax.Array:
     v.check_rank(z, 2, name, "[N, D]")
     if z.shape[1] != d:
         raise ValueError(f"{name} has dimension {z.shape[1]} (shape {tuple(z.shape)}) but the mixture has D = {d}.")
+    v.check_finite_if_concrete(z, name)
     return z
 
 
@@ -341,6 +354,16 @@ class ConditionalMixture:
         `diagonal` is True, [N, K, d_t] per-query standard deviations (the MDN head with
         diagonal covariances: no [N, K, d_t, d_t] array is ever formed).
       diagonal: static flag selecting the last layout.
+
+    Example:
+      >>> gm = gje_jax.fit_gaussian(jax.random.normal(jax.random.key(0), (500, 3)))
+      >>> cond = gm.condition(jnp.zeros((4, 1)), split=1)         # 4 queries, d_t = 2
+      >>> cond.mean().shape, cond.covariance().shape
+      ((4, 2), (4, 2, 2))
+      >>> cond.sample(jax.random.key(1), 10).shape, cond.log_prob(jnp.zeros((4, 2))).shape
+      ((4, 10, 2), (4,))
+      >>> weights, means = cond.modes(); weights.shape, means.shape
+      ((4, 1), (4, 1, 2))
     """
 
     log_weights: jax.Array
@@ -404,6 +427,7 @@ class ConditionalMixture:
             raise ValueError(
                 f"t must have shape {(self.num_queries, self.dim)} (one target per query), got {tuple(t.shape)}."
             )
+        v.check_finite_if_concrete(t, "t")
         return jax.nn.logsumexp(self.log_weights + self._component_log_probs(t), axis=-1)
 
     def mean(self) -> jax.Array:

@@ -33,13 +33,23 @@ def _check(log_weights: jax.Array, num: int) -> jax.Array:
 
 
 def normalized_weights(log_weights: jax.Array) -> jax.Array:
-    """softmax(log_weights): [M] -> [M], summing to one."""
+    """softmax(log_weights): [M] -> [M], summing to one.
+
+    Example:
+      >>> gje_jax.resampling.normalized_weights(jnp.log(jnp.array([1.0, 3.0]))).round(4).tolist()
+      [0.25, 0.75]
+    """
     return jax.nn.softmax(_check(log_weights, 1))
 
 
 def ess(log_weights: jax.Array) -> jax.Array:
     """Effective sample size 1 / sum_m w_m^2 of normalised weights, computed in the log
-    domain: exp(2 logsumexp(l) - logsumexp(2 l)). [M] -> [] in [1, M]."""
+    domain: exp(2 logsumexp(l) - logsumexp(2 l)). [M] -> [] in [1, M].
+
+    Example:
+      >>> float(gje_jax.resampling.ess(jnp.zeros(8))), round(float(gje_jax.resampling.ess(jnp.array([0.0, -jnp.inf, -jnp.inf]))), 4)
+      (8.0, 1.0)
+    """
     lw = _check(log_weights, 1)
     return jnp.exp(2.0 * jax.nn.logsumexp(lw) - jax.nn.logsumexp(2.0 * lw))
 
@@ -55,40 +65,74 @@ def _inverse_cdf(log_weights: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.clip(idx, 0, log_weights.shape[0] - 1).astype(jnp.int32)
 
 
+@v.finite_args(log_weights=("log_weights",))
 @functools.partial(jax.jit, static_argnames=("num",))
 def multinomial(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
-    """num i.i.d. indices from Cat(softmax(log_weights)). -> [num] int32."""
+    """num i.i.d. indices from Cat(softmax(log_weights)). -> [num] int32.
+
+    Example:
+      >>> idx = gje_jax.resampling.multinomial(jax.random.key(0), jnp.array([0.0, -jnp.inf, 0.0]), 6)
+      >>> idx.shape, bool(jnp.all(idx != 1))                      # zero weights are never drawn
+      ((6,), True)
+    """
     lw = _check(log_weights, num)
     return jax.random.categorical(key, lw, shape=(num,)).astype(jnp.int32)
 
 
+@v.finite_args(log_weights=("log_weights",))
 @functools.partial(jax.jit, static_argnames=("num",))
 def stratified(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
-    """u_i = (i + U_i) / num with independent U_i ~ U[0, 1). -> [num] int32 (sorted)."""
+    """u_i = (i + U_i) / num with independent U_i ~ U[0, 1). -> [num] int32 (sorted).
+
+    Example:
+      >>> idx = gje_jax.resampling.stratified(jax.random.key(0), jnp.log(jnp.array([0.5, 0.5])), 8)
+      >>> idx.shape, bool(jnp.all(jnp.diff(idx) >= 0))            # sorted
+      ((8,), True)
+    """
     lw = _check(log_weights, num)
     u = (jnp.arange(num, dtype=lw.dtype) + jax.random.uniform(key, (num,), lw.dtype)) / num
     return _inverse_cdf(lw, u)
 
 
+@v.finite_args(log_weights=("log_weights",))
 @functools.partial(jax.jit, static_argnames=("num",))
 def systematic(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     """u_i = (i + U) / num with one U ~ U[0, 1). Each count is floor or ceil of num * w_m.
-    -> [num] int32 (sorted)."""
+    -> [num] int32 (sorted).
+
+    Example:
+      >>> idx = gje_jax.resampling.systematic(jax.random.key(3), jnp.log(jnp.array([0.7, 0.2, 0.1])), 10)
+      >>> jnp.bincount(idx, length=3).tolist()                     # each count floor or ceil of 10 w
+      [7, 2, 1]
+    """
     lw = _check(log_weights, num)
     u = (jnp.arange(num, dtype=lw.dtype) + jax.random.uniform(key, (), lw.dtype)) / num
     return _inverse_cdf(lw, u)
 
 
+@v.finite_args(log_weights=("log_weights",))
 def residual_counts(log_weights: jax.Array, num: int) -> jax.Array:
-    """The deterministic part of residual resampling: floor(num * w_m). [M] -> [M] int32."""
+    """The deterministic part of residual resampling: floor(num * w_m). [M] -> [M] int32.
+
+    Example:
+      >>> gje_jax.resampling.residual_counts(jnp.log(jnp.array([0.55, 0.45])), 4).tolist()
+      [2, 1]
+    """
     lw = _check(log_weights, num)
     return jnp.floor(num * jax.nn.softmax(lw)).astype(jnp.int32)
 
 
+@v.finite_args(log_weights=("log_weights",))
 @functools.partial(jax.jit, static_argnames=("num",))
 def residual(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     """floor(num * w_m) copies of each m, then multinomial draws from the residual
-    weights num * w_m - floor(num * w_m) for the remaining slots. -> [num] int32."""
+    weights num * w_m - floor(num * w_m) for the remaining slots. -> [num] int32.
+
+    Example:
+      >>> idx = gje_jax.resampling.residual(jax.random.key(0), jnp.log(jnp.array([0.5, 0.3, 0.2])), 10)
+      >>> jnp.bincount(idx, length=3).tolist()                     # floor(10 w) each, exactly
+      [5, 3, 2]
+    """
     lw = _check(log_weights, num)
     scaled = num * jax.nn.softmax(lw)
     counts = jnp.floor(scaled)
@@ -115,7 +159,13 @@ SCHEMES = {
 
 
 def get_scheme(name: str):
-    """The resampling function named `name` (one of SCHEMES)."""
+    """The resampling function named `name` (one of SCHEMES).
+
+    Example:
+      >>> fn = gje_jax.resampling.get_scheme("systematic")
+      >>> fn(jax.random.key(0), jnp.log(jnp.array([0.5, 0.25, 0.25])), 4).tolist()
+      [0, 0, 1, 2]
+    """
     if name not in SCHEMES:
         raise ValueError(f"Unknown resampling scheme {name!r}; valid: {sorted(SCHEMES)}.")
     return SCHEMES[name]

@@ -32,7 +32,14 @@ KDE_CHUNK_ELEMENTS = 1 << 22
 @flax.struct.dataclass
 class ParticleBank:
     """particles [M, D]; log_weights [M] (-inf = empty slot); ages [M] int32 (steps since
-    insertion or resampling); num_resamples [] int32 (a counter, for logging)."""
+    insertion or resampling); num_resamples [] int32 (a counter, for logging).
+
+    Example:
+      >>> bank = gje_jax.smc.ParticleBank.empty(capacity=8, dim=2)
+      >>> bank = gje_jax.smc.insert(bank, jnp.ones((3, 2)))
+      >>> int(bank.size()), float(bank.ess())
+      (3, 3.0)
+    """
 
     particles: jax.Array
     log_weights: jax.Array
@@ -82,7 +89,12 @@ class ParticleBank:
 
 def silverman_factor(num: int, dim: int) -> float:
     """Squared-bandwidth factor (4 / ((D + 2) M))^(2 / (D + 4)) of Silverman's rule, so
-    H = factor * Cov for a KDE of M points in D dimensions."""
+    H = factor * Cov for a KDE of M points in D dimensions.
+
+    Example:
+      >>> round(gje_jax.smc.silverman_factor(num=1000, dim=1), 4)   # (4 / (3 n))^(2/5) for D = 1
+      0.0708
+    """
     return float((4.0 / ((dim + 2) * num)) ** (2.0 / (dim + 4)))
 
 
@@ -116,6 +128,7 @@ def _check_kernel(scale_tril, d: int, name: str = "scale_tril") -> jax.Array:
     return scale_tril
 
 
+@v.finite_args("x", "centres", "scale_tril", log_weights=("log_weights",))
 @jax.jit
 def kernel_log_prob(
     x: jax.Array, centres: jax.Array, log_weights: jax.Array | None, scale_tril: jax.Array
@@ -131,6 +144,11 @@ def kernel_log_prob(
 
     Returns:
       [N] float32.
+
+    Example:
+      >>> lp = gje_jax.smc.kernel_log_prob(jnp.zeros((1, 2)), jnp.zeros((5, 2)), None, jnp.eye(2))
+      >>> round(float(lp[0]), 4)                                   # log N(0 | 0, I) = -log(2 pi)
+      -1.8379
     """
     x, centres = v.as_float(x, "x"), v.as_float(centres, "centres")
     v.check_rank(x, 2, "x", "[N, D]")
@@ -143,6 +161,7 @@ def kernel_log_prob(
     return _pairwise_log_kernel(x, centres, lw, scale_tril)
 
 
+@v.finite_args("c", "t", "centres", "scale_tril", log_weights=("log_weights",))
 @functools.partial(jax.jit, static_argnames=("split",))
 def kernel_conditional_log_prob(
     c: jax.Array,
@@ -162,6 +181,12 @@ def kernel_conditional_log_prob(
 
     Returns:
       [N] float32.
+
+    Example:
+      >>> centres = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+      >>> lp = gje_jax.smc.kernel_conditional_log_prob(jnp.zeros((3, 1)), jnp.zeros((3, 1)), centres, None, 0.1 * jnp.eye(2), split=1)
+      >>> lp.shape
+      (3,)
     """
     c, t = v.as_float(c, "c"), v.as_float(t, "t")
     v.check_rank(c, 2, "c", "[N, d_c]")
@@ -182,7 +207,13 @@ def kernel_conditional_log_prob(
 
 
 def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_abs: float = 1e-6) -> jax.Array:
-    """Cholesky factor of Silverman's kernel H = factor(num, D) * (cov + eps I). [D, D]."""
+    """Cholesky factor of Silverman's kernel H = factor(num, D) * (cov + eps I). [D, D].
+
+    Example:
+      >>> L = gje_jax.smc.kernel_scale_tril(jnp.eye(2), num=100)
+      >>> bool(jnp.allclose(L, jnp.sqrt(gje_jax.smc.silverman_factor(100, 2)) * jnp.eye(2), atol=1e-3))
+      True
+    """
     d = cov.shape[-1]
     return linalg.cholesky(silverman_factor(num, d) * regularize(cov, eps_rel, eps_abs))
 
@@ -192,6 +223,12 @@ def reweight(bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_pen
 
     KDE_z(x) = (1/N) sum_n N(x | z_n, H): particles in regions the current batch
     occupies gain weight; stale ones lose it.
+
+    Example:
+      >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(2, 1), jnp.array([[0.0], [5.0]]))
+      >>> bank = gje_jax.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1))       # the batch sits at 0
+      >>> bool(bank.log_weights[0] > bank.log_weights[1]), float(bank.ess()) < 2.0
+      (True, True)
     """
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
     log_kde = kernel_log_prob(bank.particles, z, None, scale_tril)  # [M]
@@ -212,7 +249,15 @@ def resample(
     """If the bank is full and ESS < ess_threshold * M: draw M indices with `scheme`,
     copy the particles, reset weights to uniform and ages to 0, and optionally jitter
     P += rejuvenation * L_H xi. A partly filled bank is never resampled (its empty
-    slots are filled by insertion first). Returns (bank, resampled [] bool)."""
+    slots are filled by insertion first). Returns (bank, resampled [] bool).
+
+    Example:
+      >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(4, 1), jnp.arange(4.0)[:, None])
+      >>> bank = bank.replace(log_weights=jnp.array([0.0, -30.0, -30.0, -30.0]))   # ESS ~ 1 < 0.5 * 4
+      >>> new, resampled = gje_jax.smc.resample(bank, jax.random.key(0), scheme="systematic", ess_threshold=0.5)
+      >>> bool(resampled), new.particles[:, 0].tolist(), float(new.ess())
+      (True, [0.0, 0.0, 0.0, 0.0], 4.0)
+    """
     if not 0.0 < ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold!r}.")
     fn = resampling.get_scheme(scheme)
@@ -236,7 +281,14 @@ def resample(
 def insert(bank: ParticleBank, z: jax.Array) -> ParticleBank:
     """Writes the N rows of z into the lowest-weight slots (empty slots, l = -inf, come
     first); new particles get the mean weight of the filled ones (uniform for an empty
-    bank), then all weights are renormalised. Every particle ages by one step."""
+    bank), then all weights are renormalised. Every particle ages by one step.
+
+    Example:
+      >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(6, 2), jnp.zeros((4, 2)))
+      >>> bank = gje_jax.smc.insert(bank, jnp.ones((4, 2)))         # 2 empty slots, then 2 lowest weights
+      >>> int(bank.size()), int((bank.particles[:, 0] == 1.0).sum())
+      (6, 4)
+    """
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
     n, d = z.shape
     if d != bank.dim:
@@ -269,7 +321,15 @@ def update(
     rejuvenation: float = 0.0,
 ) -> tuple[ParticleBank, dict[str, jax.Array]]:
     """One bank step with the batch z [N, D] (stop-gradient): reweight, resample if the
-    ESS is low, insert. Returns (bank, metrics {'bank_ess', 'bank_size', 'resampled'})."""
+    ESS is low, insert. Returns (bank, metrics {'bank_ess', 'bank_size', 'resampled'}).
+
+    Example:
+      >>> bank = gje_jax.smc.ParticleBank.empty(16, 2)
+      >>> for i in range(3):
+      ...     bank, metrics = gje_jax.smc.update(bank, jax.random.normal(jax.random.key(i), (8, 2)), jax.random.key(9), jnp.eye(2))
+      >>> int(bank.size()), sorted(metrics)[:2]
+      (16, ['bank_ess', 'bank_size'])
+    """
     bank = reweight(bank, z, scale_tril, age_penalty=age_penalty)
     ess_before = bank.ess()
     bank, did = resample(

@@ -7,9 +7,9 @@ two small matrix products per image (rows, then columns), so their cost is matmu
 every backend and no gather is involved.
 
 Example:
-  >>> recipe = RECIPES["simclr_cifar"]
-  >>> views = make_views(recipe, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
-  >>> a, b = views({"image": images_uint8}, jax.random.key(0))   # [B, 32, 32, 3] each
+    recipe = RECIPES["simclr_cifar"]
+    views = make_views(recipe, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    a, b = views({"image": images_uint8}, jax.random.key(0))   # [B, 32, 32, 3] each
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ def _interp_matrix(start: jax.Array, length: jax.Array, size_in: int, size_out: 
 
 def crop_and_resize(x: jax.Array, top, left, height, width, out_size: int) -> jax.Array:
     """Bilinear resize of the box (top, left, height, width) (pixels, floats) of x [H, W, C]
-    to [out_size, out_size, C]."""
+    to [out_size, out_size, C].
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = jnp.ones((32, 32, 3))
+      >>> augment.crop_and_resize(x, 4, 4, 16, 16, out_size=8).shape
+      (8, 8, 3)
+    """
     h_in, w_in = x.shape[0], x.shape[1]
     rows = _interp_matrix(top, height, h_in, out_size)
     cols = _interp_matrix(left, width, w_in, out_size)
@@ -54,7 +61,13 @@ def random_resized_crop(
     tries: int = 10,
 ) -> jax.Array:
     """Inception-style crop: area fraction ~ U(scale), log aspect ~ U(log ratio); the first
-    of `tries` candidates that fits is used, else the whole image. -> [out, out, C]."""
+    of `tries` candidates that fits is used, else the whole image. -> [out, out, C].
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> augment.random_resized_crop(jax.random.key(0), jnp.ones((32, 32, 3)), out_size=24).shape
+      (24, 24, 3)
+    """
     h_in, w_in = x.shape[0], x.shape[1]
     k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
     area = h_in * w_in * jax.random.uniform(k_area, (tries,), minval=scale[0], maxval=scale[1])
@@ -73,17 +86,36 @@ def random_resized_crop(
 
 
 def flip(key: jax.Array, x: jax.Array, p: float = 0.5) -> jax.Array:
-    """Horizontal flip with probability p."""
+    """Horizontal flip with probability p.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = jnp.arange(3.0).reshape(1, 3, 1)
+      >>> augment.flip(jax.random.key(0), x, p=1.0)[0, :, 0].tolist()
+      [2.0, 1.0, 0.0]
+    """
     return jnp.where(jax.random.bernoulli(key, p), x[:, ::-1], x)
 
 
 def grayscale(x: jax.Array) -> jax.Array:
-    """Luma (ITU-R 601) replicated over the channels."""
+    """Luma (ITU-R 601) replicated over the channels.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> np.asarray(augment.grayscale(jnp.array([[[1.0, 1.0, 1.0]]])), float).round(4).tolist()   # white stays white
+      [[[1.0, 1.0, 1.0]]]
+    """
     return jnp.broadcast_to((x @ _GRAY)[..., None], x.shape)
 
 
 def rgb_to_hsv(x: jax.Array) -> jax.Array:
-    """[..., 3] RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
+    """[..., 3] RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn).
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> np.asarray(augment.rgb_to_hsv(jnp.array([[[0.0, 0.0, 1.0]]])), float).round(4).tolist()   # blue: hue 2/3
+      [[[0.6667, 1.0, 1.0]]]
+    """
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     v = jnp.max(x, axis=-1)
     c = v - jnp.min(x, axis=-1)
@@ -95,38 +127,78 @@ def rgb_to_hsv(x: jax.Array) -> jax.Array:
 
 
 def hsv_to_rgb(x: jax.Array) -> jax.Array:
-    """Inverse of rgb_to_hsv."""
+    """Inverse of rgb_to_hsv.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> augment.hsv_to_rgb(jnp.array([[[0.0, 1.0, 1.0]]])).tolist()   # hue 0, full saturation: red
+      [[[1.0, 0.0, 0.0]]]
+    """
     h, s, v = x[..., 0], x[..., 1], x[..., 2]
     k = (jnp.array([5.0, 3.0, 1.0]) + 6.0 * h[..., None]) % 6.0
     return v[..., None] - (v * s)[..., None] * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 def adjust_brightness(x, factor):
-    """x [H, W, C] in [0, 1] times factor, clipped to [0, 1]."""
+    """x [H, W, C] in [0, 1] times factor, clipped to [0, 1].
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> augment.adjust_brightness(jnp.full((1, 1, 3), 0.4), 2.0).tolist()
+      [[[0.800000011920929, 0.800000011920929, 0.800000011920929]]]
+    """
     return jnp.clip(x * factor, 0.0, 1.0)
 
 
 def adjust_contrast(x, factor):
-    """Blend with the mean grey level: (x - m) * factor + m, clipped."""
+    """Blend with the mean grey level: (x - m) * factor + m, clipped.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = jnp.array([[[0.2, 0.2, 0.2]], [[0.6, 0.6, 0.6]]])
+      >>> np.asarray(augment.adjust_contrast(x, 0.0), float).round(4).tolist()[0][0]  # factor 0: the mean grey
+      [0.4, 0.4, 0.4]
+    """
     mean = jnp.mean(x @ _GRAY)
     return jnp.clip((x - mean) * factor + mean, 0.0, 1.0)
 
 
 def adjust_saturation(x, factor):
-    """Blend with the greyscale image: g + (x - g) * factor, clipped."""
+    """Blend with the greyscale image: g + (x - g) * factor, clipped.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = augment.adjust_saturation(jnp.array([[[1.0, 0.0, 0.0]]]), 0.0)   # factor 0: grey
+      >>> bool(jnp.allclose(x, x[..., :1]))
+      True
+    """
     gray = grayscale(x)
     return jnp.clip(gray + (x - gray) * factor, 0.0, 1.0)
 
 
 def adjust_hue(x, delta):
-    """Rotate the hue by delta turns (HSV), clipped to [0, 1]."""
+    """Rotate the hue by delta turns (HSV), clipped to [0, 1].
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> np.asarray(augment.adjust_hue(jnp.array([[[1.0, 0.0, 0.0]]]), 1 / 3), float).round(4).tolist()   # red -> green
+      [[[0.0, 1.0, 0.0]]]
+    """
     hsv = rgb_to_hsv(x)
     return jnp.clip(hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0)), 0.0, 1.0)
 
 
 def color_jitter(key: jax.Array, x: jax.Array, brightness, contrast, saturation, hue) -> jax.Array:
     """Brightness, contrast, saturation (factors ~ U[1 - s, 1 + s]) and hue (shift ~ U[-h, h]
-    turns), applied in a random order as in torchvision's ColorJitter."""
+    turns), applied in a random order as in torchvision's ColorJitter.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = jax.random.uniform(jax.random.key(0), (8, 8, 3))
+      >>> y = augment.color_jitter(jax.random.key(1), x, 0.4, 0.4, 0.4, 0.1)
+      >>> y.shape, float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+      ((8, 8, 3), True)
+    """
     k_perm, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
     params = jnp.stack(
         [
@@ -156,20 +228,41 @@ def _blur_matrix(size: int, sigma: jax.Array, radius: int) -> jax.Array:
 
 
 def gaussian_blur(x: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
-    """Separable Gaussian blur of x [H, W, C] with standard deviation sigma (pixels)."""
+    """Separable Gaussian blur of x [H, W, C] with standard deviation sigma (pixels).
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = jnp.zeros((9, 9, 1)).at[4, 4].set(1.0)
+      >>> y = augment.gaussian_blur(x, jnp.asarray(1.0), radius=3)
+      >>> round(float(y.sum()), 2), bool(y[4, 4, 0] < 1.0)        # mass kept (to the truncation), spread out
+      (1.0, True)
+    """
     rows = _blur_matrix(x.shape[0], sigma, radius)
     cols = _blur_matrix(x.shape[1], sigma, radius)
     return jnp.einsum("oh,hwc,pw->opc", rows, x, cols)
 
 
 def solarize(x: jax.Array, threshold: float = 0.5) -> jax.Array:
-    """Pixels at or above the threshold are inverted."""
+    """Pixels at or above the threshold are inverted.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> np.asarray(augment.solarize(jnp.array([0.2, 0.8]), threshold=0.5), float).round(4).tolist()   # above the threshold: 1 - x
+      [0.2, 0.2]
+    """
     return jnp.where(x >= threshold, 1.0 - x, x)
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """One augmentation pipeline; per-view probabilities are (view_a, view_b) pairs."""
+    """One augmentation pipeline; per-view probabilities are (view_a, view_b) pairs.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> r = augment.Recipe(size=32, solarize_p=(0.0, 0.2))
+      >>> r.size, r.solarize_p
+      (32, (0.0, 0.2))
+    """
 
     size: int = 32
     scale: tuple[float, float] = (0.08, 1.0)
@@ -199,7 +292,13 @@ RECIPES = {
 
 
 def get_recipe(name: str) -> Recipe:
-    """The Recipe registered as `name` in RECIPES (a clear error lists the valid names)."""
+    """The Recipe registered as `name` in RECIPES (a clear error lists the valid names).
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> augment.get_recipe("byol_96").size
+      96
+    """
     if name not in RECIPES:
         raise ValueError(f"Unknown augmentation recipe {name!r}; valid: {sorted(RECIPES)}.")
     return RECIPES[name]
@@ -207,7 +306,15 @@ def get_recipe(name: str) -> Recipe:
 
 def augment(key: jax.Array, x: jax.Array, recipe: Recipe, view: int = 0) -> jax.Array:
     """One augmented view of x [H, W, C] in [0, 1] -> [size, size, C] in [0, 1].
-    view (0 or 1, static) selects the per-view probabilities of asymmetric recipes."""
+    view (0 or 1, static) selects the per-view probabilities of asymmetric recipes.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> x = jax.random.uniform(jax.random.key(0), (32, 32, 3))
+      >>> view = augment.augment(jax.random.key(1), x, augment.get_recipe("simclr_cifar"), view=0)
+      >>> view.shape, 0.0 <= float(view.min()) and float(view.max()) <= 1.0
+      ((32, 32, 3), True)
+    """
     keys = jax.random.split(key, 9)
     x = random_resized_crop(keys[0], x, recipe.size, recipe.scale)
     x = flip(keys[1], x, recipe.flip_p)
@@ -224,12 +331,24 @@ def augment(key: jax.Array, x: jax.Array, recipe: Recipe, view: int = 0) -> jax.
 
 
 def to_float(images: jax.Array) -> jax.Array:
-    """uint8 [..., H, W, C] -> float32 in [0, 1]."""
+    """uint8 [..., H, W, C] -> float32 in [0, 1].
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> augment.to_float(jnp.array([0, 255], jnp.uint8)).tolist()
+      [0.0, 1.0]
+    """
     return images.astype(jnp.float32) / 255.0
 
 
 def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-    """Per-channel standardisation of [..., C] images in [0, 1]."""
+    """Per-channel standardisation of [..., C] images in [0, 1].
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> augment.normalize(jnp.full((1, 1, 3), 0.75), (0.5,) * 3, (0.25,) * 3).tolist()
+      [[[1.0, 1.0, 1.0]]]
+    """
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
@@ -237,7 +356,15 @@ def make_views(recipe: Recipe, mean: Sequence[float], std: Sequence[float]):
     """The view function of the train step: ({'image': uint8 [B, H, W, C]}, key) ->
     (view_a, view_b), each float32 [B, size, size, C], standardised. Each example gets
     its own key (fold_in of the step key with its row), so a view does not depend on the
-    batch's size or sharding."""
+    batch's size or sharding.
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> views = augment.make_views(augment.get_recipe("simclr_cifar"), (0.5,) * 3, (0.25,) * 3)
+      >>> a, b = views({"image": jnp.zeros((4, 32, 32, 3), jnp.uint8)}, jax.random.key(0))
+      >>> a.shape, a.dtype
+      ((4, 32, 32, 3), dtype('float32'))
+    """
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def views(batch, key):
@@ -253,7 +380,14 @@ def make_views(recipe: Recipe, mean: Sequence[float], std: Sequence[float]):
 
 
 def make_eval_transform(size: int, mean: Sequence[float], std: Sequence[float]):
-    """uint8 [B, H, W, C] -> float32 [B, size, size, C] standardised (resized if H != size)."""
+    """uint8 [B, H, W, C] -> float32 [B, size, size, C] standardised (resized if H != size).
+
+    Example:
+      >>> from gje_jax.data import augment
+      >>> transform = augment.make_eval_transform(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+      >>> transform(jnp.full((2, 32, 32, 3), 255, jnp.uint8))[0, 0, 0].tolist()   # (1 - 0.5) / 0.25
+      [2.0, 2.0, 2.0]
+    """
 
     def transform(images):
         x = to_float(images)

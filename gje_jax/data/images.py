@@ -7,7 +7,7 @@ cached as .npy next to nothing else the run owns. On several hosts each process 
 holds only its own share (every process_count-th example), and batches it by index.
 
 Example:
-  >>> data = load_split(config.data, "train")            # {'image': uint8 [N, 32, 32, 3], 'label': int32 [N]}
+    data = load_split(config.data, "train")            # {'image': uint8 [N, 32, 32, 3], 'label': int32 [N]}
 """
 
 from __future__ import annotations
@@ -33,7 +33,18 @@ _HOW_TO = (
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """The configured dataset cannot be found; the message says how to provide it."""
+    """The configured dataset cannot be found; the message says how to provide it.
+
+    Example:
+      >>> from gje_jax.data import images
+      >>> import ml_collections
+      >>> d = ml_collections.ConfigDict(dict(name="", directory="/no/such/dir", image_shape=(32, 32, 3), cache_dir=""))
+      >>> try:
+      ...     images.load_split(d, "train")
+      ... except images.DatasetNotFoundError as e:
+      ...     print("DatasetNotFoundError")
+      DatasetNotFoundError
+    """
 
 
 def _builder(d):
@@ -72,6 +83,13 @@ def load_split(d, split: str, process_index: int = 0, process_count: int = 1, pr
     d: config.data (name, directory, data_dir, cache_dir, image_shape). Examples
     process_index, process_index + process_count, ... are this process's share.
     Raises DatasetNotFoundError (how to provide it) or ValueError (wrong image shape).
+
+    Example:
+      >>> from gje_jax.data import images
+      >>> from experiments.configs import cifar10_small
+      >>> data = images.load_split(cifar10_small.get_config("gmje").data, "test")   # doctest: +SKIP
+      >>> data["image"].shape, data["label"].shape                                  # doctest: +SKIP
+      ((10000, 32, 32, 3), (10000,))
     """
     path = _cache_path(d, split, process_index, process_count)
     if path and os.path.exists(path):
@@ -106,7 +124,19 @@ def load_split(d, split: str, process_index: int = 0, process_count: int = 1, pr
 
 
 def check_images(images: np.ndarray, d, split: str = "") -> None:
-    """Raises ValueError unless images are uint8 [n, *d.image_shape]."""
+    """Raises ValueError unless images are uint8 [n, *d.image_shape].
+
+    Example:
+      >>> from gje_jax.data import images
+      >>> import ml_collections
+      >>> d = ml_collections.ConfigDict(dict(name="cifar10", image_shape=(32, 32, 3)))
+      >>> images.check_images(np.zeros((2, 32, 32, 3), np.uint8), d)    # fine: returns None
+      >>> try:
+      ...     images.check_images(np.zeros((2, 28, 28, 1), np.uint8), d)
+      ... except ValueError as e:
+      ...     print("image_shape" in str(e))
+      True
+    """
     want = tuple(d.image_shape)
     if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != want:
         raise ValueError(
@@ -116,6 +146,13 @@ def check_images(images: np.ndarray, d, split: str = "") -> None:
 
 
 def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std [C] of uint8 images scaled to [0, 1] (on at most max_images)."""
+    """Per-channel mean and std [C] of uint8 images scaled to [0, 1] (on at most max_images).
+
+    Example:
+      >>> from gje_jax.data import images
+      >>> mean, std = images.channel_stats(np.full((4, 8, 8, 3), 255, np.uint8))
+      >>> mean.tolist(), std.tolist()
+      ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    """
     x = images[:max_images].astype(np.float64) / 255.0
     return x.mean(axis=(0, 1, 2)).astype(np.float32), x.std(axis=(0, 1, 2)).astype(np.float32)

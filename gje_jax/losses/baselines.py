@@ -21,6 +21,12 @@ def vicreg_loss(
     """VICReg (Bardes et al. 2022): invariance MSE + variance hinge + off-diagonal covariance.
 
     a, b: [N, d] embeddings of two views. Returns (loss [], metrics).
+
+    Example:
+      >>> a = jax.random.normal(jax.random.key(0), (128, 16))
+      >>> loss, metrics = gje_jax.losses.vicreg_loss(a, a)         # identical views: no invariance term
+      >>> float(metrics["invariance"]), loss.shape
+      (0.0, ())
     """
     a, b = _check_pair(a, b)
     n, d = a.shape
@@ -42,7 +48,13 @@ def vicreg_loss(
 
 def predictor_loss(pred: jax.Array, target: jax.Array, *, kind: str = "cosine") -> tuple[jax.Array, dict]:
     """Distance of predictions [N, d] to stop-gradient targets [N, d]: 'mse' (mean squared
-    error per example) or 'cosine' (2 - 2 cos, as in BYOL). Returns (loss [], metrics)."""
+    error per example) or 'cosine' (2 - 2 cos, as in BYOL). Returns (loss [], metrics).
+
+    Example:
+      >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+      >>> float(gje_jax.losses.predictor_loss(x, 3 * x, kind="cosine")[0]), float(gje_jax.losses.predictor_loss(x, x, kind="mse")[0])
+      (0.0, 0.0)
+    """
     pred, target = _check_pair(pred, target)
     target = jax.lax.stop_gradient(target)
     if kind == "mse":

@@ -20,6 +20,8 @@ def _check_pair(c, t):
     if c.shape != t.shape:
         raise ValueError(f"c and t must have the same shape [N, d], got {tuple(c.shape)} and {tuple(t.shape)}.")
     v.check_nonempty(c.shape[0], f"c (shape {tuple(c.shape)})")
+    v.check_finite_if_concrete(c, "c")
+    v.check_finite_if_concrete(t, "t")
     return c, t
 
 
@@ -50,6 +52,12 @@ def infonce(
 
     Returns:
       (loss [], metrics {'loss', 'accuracy'}), accuracy = top-1 retrieval of the pair.
+
+    Example:
+      >>> c = jnp.eye(4)
+      >>> loss, metrics = gje_jax.infonce(c, c, tau=0.1)           # perfect pairs: loss near 0
+      >>> round(float(loss), 3), float(metrics["accuracy"])
+      (0.0, 1.0)
     """
     c, t = _check_pair(c, t)
     if normalize:
@@ -94,6 +102,14 @@ def gmje_contrastive(
 
     Returns:
       (loss [], metrics {'loss', 'accuracy'}).
+
+    Example:
+      >>> c, t = jax.random.normal(jax.random.key(0), (2, 32, 8))
+      >>> c, t = c / jnp.linalg.norm(c, axis=1, keepdims=True), t / jnp.linalg.norm(t, axis=1, keepdims=True)
+      >>> a = gje_jax.gmje_contrastive(c, t, tau=0.1)[0]          # isotropic tau I on unit vectors
+      >>> b = gje_jax.infonce(c, t, tau=0.1)[0]
+      >>> bool(jnp.allclose(a, b, atol=1e-5))
+      True
     """
     c, t = _check_pair(c, t)
     n, d = c.shape

@@ -25,6 +25,8 @@ def check_views(c, t) -> tuple[jax.Array, jax.Array]:
     v.check_nonempty(c.shape[0], f"the batch (c {tuple(c.shape)})")
     if c.shape[1] == 0 or t.shape[1] == 0:
         raise ValueError(f"c and t need at least one column each, got c {tuple(c.shape)} and t {tuple(t.shape)}.")
+    v.check_finite_if_concrete(c, "c")
+    v.check_finite_if_concrete(t, "t")
     return c, t
 
 
@@ -34,6 +36,7 @@ def _geometry_from_cov(s: jax.Array, split: int, eps_rel: float, eps_abs: float)
     return half(s[:split, :split]) + half(s[split:, split:])
 
 
+@v.finite_args("c", "t")
 @functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs"))
 def geometry_term(
     c: jax.Array, t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL, eps_abs: float = g.DEFAULT_EPS_ABS
@@ -46,12 +49,19 @@ def geometry_term(
     Returns:
       [] float32. Grows by (d_c + d_t) log s when both views are scaled by s
       (exactly, when eps_abs = 0).
+
+    Example:
+      >>> c, t = jax.random.normal(jax.random.key(0), (2, 256, 3))
+      >>> g1, g2 = gje_jax.geometry_term(c, t, eps_abs=0.0), gje_jax.geometry_term(2 * c, 2 * t, eps_abs=0.0)
+      >>> round(float(g2 - g1), 3) == round(6 * float(jnp.log(2.0)), 3)   # (d_c + d_t) log s
+      True
     """
     c, t = check_views(c, t)
     _, s = g.empirical_moments(jnp.concatenate([c, t], axis=-1))
     return _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs)
 
 
+@v.finite_args("t")
 @functools.partial(jax.jit, static_argnames=("eps_rel", "eps_abs"))
 def target_geometry_term(
     t: jax.Array, *, eps_rel: float = g.DEFAULT_EPS_REL, eps_abs: float = g.DEFAULT_EPS_ABS
@@ -68,6 +78,11 @@ def target_geometry_term(
 
     Returns:
       [] float32.
+
+    Example:
+      >>> t = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])   # S_tt = diag(0.5, 2)
+      >>> abs(round(float(gje_jax.losses.target_geometry_term(t, eps_rel=0.0, eps_abs=0.0)), 4))   # 1/2 log|S_tt| = 0
+      0.0
     """
     t = v.as_float(t, "t")
     v.check_rank(t, 2, "t", "[N, d_t]")
@@ -103,6 +118,15 @@ def gje_loss(
       (loss [], metrics) with metrics 'loss', 'nll', 'geometry', 'mahalanobis' (mean
       squared Mahalanobis distance), 'logdet' (log|Sigma| of the density), 'mi'
       (Gaussian MI of the batch fit), 'effective_rank' and 'std_mean' of the batch.
+
+    Example:
+      >>> c = jax.random.normal(jax.random.key(0), (256, 4))
+      >>> t = c[:, :2] + 0.1 * jax.random.normal(jax.random.key(1), (256, 2))
+      >>> loss, metrics = gje_jax.gje_loss(c, t, estimator="batch", lambda_geo=1.0)
+      >>> loss.shape, sorted(metrics)[:3]
+      ((), ['effective_rank', 'geometry', 'logdet'])
+      >>> grads = jax.jit(jax.grad(lambda c, t: gje_jax.gje_loss(c, t)[0]))(c, t); grads.shape
+      (256, 4)
     """
     c, t = check_views(c, t)
     z = jnp.concatenate([c, t], axis=-1)
@@ -180,6 +204,12 @@ def trace_trap_report(
       'grad_norm_logdet' (norms of d/dz of the mean Mahalanobis term and of
       1/2 log|S_eps|, the two parts of the naive NLL), 'effective_rank', 'std_min',
       'std_mean' (per-dimension standard deviations of the batch).
+
+    Example:
+      >>> z = jax.random.normal(jax.random.key(0), (512, 8))
+      >>> r = gje_jax.trace_trap_report(z, eps_rel=0.0, eps_abs=0.0)
+      >>> round(float(r["mahalanobis_mean"]), 2), float(r["grad_norm_mahalanobis"]) < 1e-3 < float(r["grad_norm_logdet"])
+      (8.0, True)
     """
     if t is None:
         z = v.as_float(c, "z")

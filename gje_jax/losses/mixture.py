@@ -14,7 +14,13 @@ OBJECTIVES = ("joint", "conditional")
 
 def balance_term(resp: jax.Array, log_weights: jax.Array) -> jax.Array:
     """KL(mean_i gamma_i. || pi): resp [N, K] responsibilities, log_weights [K] (normalised
-    inside). Zero when components are used in proportion to their weights. -> []."""
+    inside). Zero when components are used in proportion to their weights. -> [].
+
+    Example:
+      >>> resp = jnp.array([[1.0, 0.0], [0.0, 1.0]])               # both components used equally
+      >>> float(gje_jax.losses.balance_term(resp, jnp.log(jnp.array([0.5, 0.5]))))
+      0.0
+    """
     gbar = jnp.mean(resp, axis=0)
     log_pi = jax.nn.log_softmax(log_weights)
     # Components with log-weight -inf (inactive GNG nodes, empty slots) have gbar = 0;
@@ -52,6 +58,14 @@ def gmje_loss(
       (loss [], metrics): 'loss', 'nll', 'geometry', 'balance', 'mahalanobis' (the
       responsibility-weighted mean squared distance) and 'components_used' (exp of the
       entropy of the mean responsibilities, between 1 and K).
+
+    Example:
+      >>> gm = gje_jax.GaussianMixture.from_unconstrained(jnp.zeros(4), jax.random.normal(jax.random.key(0), (4, 3)),
+      ...                                                 jnp.zeros((4, 3, 3)))
+      >>> c, t = jax.random.normal(jax.random.key(1), (64, 1)), jax.random.normal(jax.random.key(2), (64, 2))
+      >>> loss, metrics = gje_jax.gmje_loss(c, t, gm, objective="joint", lambda_bal=0.1)
+      >>> loss.shape, 1.0 <= float(metrics["components_used"]) <= 4.0
+      ((), True)
     """
     c, t = check_views(c, t)
     mixture.check_shapes()

@@ -19,7 +19,15 @@ BACKBONES = {
 
 def build_network(m) -> Network:
     """m: the `config.model` section (encoder, feature_dim, hidden, widths, stem, width,
-    projector ('none' | 'bn' | 'ln'), projector_hidden, embed_dim, dtype)."""
+    projector ('none' | 'bn' | 'ln'), projector_hidden, embed_dim, dtype).
+
+    Example:
+      >>> from experiments.configs.common import base_config
+      >>> model = base_config().model                              # config.model: encoder, sizes, projector
+      >>> net = gje_jax.models.build_network(model)
+      >>> type(net).__name__
+      'Network'
+    """
     if m.encoder not in BACKBONES:
         raise ValueError(f"config.model.encoder={m.encoder!r} is unknown; valid: {sorted(BACKBONES)}.")
     if m.dtype not in DTYPES:

@@ -31,7 +31,14 @@ def _norm(kind: str, train: bool, dtype, name: str | None = None):
 
 
 class MLP(nn.Module):
-    """[B, ...] -> [B, out_dim]: flatten, hidden Dense + norm + ReLU layers, linear output."""
+    """[B, ...] -> [B, out_dim]: flatten, hidden Dense + norm + ReLU layers, linear output.
+
+    Example:
+      >>> mlp = gje_jax.models.MLP(hidden=(32,), out_dim=8)
+      >>> variables = mlp.init(jax.random.key(0), jnp.zeros((2, 5)))
+      >>> mlp.apply(variables, jnp.ones((3, 5))).shape
+      (3, 8)
+    """
 
     hidden: Sequence[int] = (256, 256)
     out_dim: int = 128
@@ -82,7 +89,14 @@ class SmallConvNet(nn.Module):
     """A ConvNet sized for CPU runs: [B, H, W, C] -> [B, widths[-1]] (global average pool).
 
     An optional patch stem (space-to-depth by `patch`) first, then per width a 3x3 conv,
-    batch-norm and ReLU, with a 2x2 max pool between blocks."""
+    batch-norm and ReLU, with a 2x2 max pool between blocks.
+
+    Example:
+      >>> net = gje_jax.models.SmallConvNet(widths=(8, 16), patch=2)
+      >>> variables = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+      >>> net.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
+      (2, 16)
+    """
 
     widths: Sequence[int] = (32, 64, 128, 256)
     patch: int = 1
@@ -145,6 +159,12 @@ class ResNet(nn.Module):
 
     stem='cifar': 3x3 stride-1 first conv, no max-pool (32x32 inputs);
     stem='imagenet': 7x7 stride-2 conv and 3x3 stride-2 max-pool.
+
+    Example:
+      >>> net = gje_jax.models.ResNet(stage_sizes=(1, 1), width=8, stem="cifar")
+      >>> variables = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+      >>> net.apply(variables, jnp.zeros((2, 16, 16, 3)), train=False).shape   # pooled features
+      (2, 16)
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -180,25 +200,49 @@ def resnet18(**kw) -> ResNet:
     """ResNet-18 (basic blocks, stages 2-2-2-2): [B, H, W, 3] -> [B, 8 * width] features.
     kw: stem ('cifar': 3x3 conv, no pool | 'imagenet': 7x7/2 + max pool), width, dtype.
 
-    Example: `resnet18(stem="cifar").init(key, jnp.zeros((2, 32, 32, 3)))`."""
+    Example: `resnet18(stem="cifar").init(key, jnp.zeros((2, 32, 32, 3)))`.
+
+    Example:
+      >>> net = gje_jax.models.resnet18(stem="cifar")
+      >>> net.stage_sizes
+      (2, 2, 2, 2)
+    """
     return ResNet(stage_sizes=(2, 2, 2, 2), bottleneck=False, **kw)
 
 
 def resnet50(**kw) -> ResNet:
     """ResNet-50 (bottleneck blocks, stages 3-4-6-3): [B, H, W, 3] -> [B, 32 * width] features.
-    kw as for resnet18."""
+    kw as for resnet18.
+
+    Example:
+      >>> net = gje_jax.models.resnet50()
+      >>> net.stage_sizes, net.bottleneck
+      ((3, 4, 6, 3), True)
+    """
     return ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, **kw)
 
 
 class Projector(MLP):
-    """Projector head: [B, F] -> [B, out_dim], hidden layers with batch- or layer-norm."""
+    """Projector head: [B, F] -> [B, out_dim], hidden layers with batch- or layer-norm.
+
+    Example:
+      >>> proj = gje_jax.models.Projector(hidden=(16,), out_dim=4, norm="ln")
+      >>> proj.apply(proj.init(jax.random.key(0), jnp.zeros((2, 8)), train=False), jnp.ones((3, 8)), train=False).shape
+      (3, 4)
+    """
 
     hidden: Sequence[int] = (512,)
     norm: str = "bn"
 
 
 class Predictor(MLP):
-    """Predictor MLP of the deterministic baselines: [B, E] -> [B, E]."""
+    """Predictor MLP of the deterministic baselines: [B, E] -> [B, E].
+
+    Example:
+      >>> pred = gje_jax.models.Predictor(hidden=(16,), out_dim=4, norm="ln")
+      >>> pred.apply(pred.init(jax.random.key(0), jnp.zeros((2, 4)), train=False), jnp.ones((3, 4)), train=False).shape
+      (3, 4)
+    """
 
     hidden: Sequence[int] = (512,)
     norm: str = "bn"
@@ -209,6 +253,13 @@ class Network(nn.Module):
 
     `__call__` returns the projector output [B, E] (the embedding the losses see);
     `features` returns the backbone output [B, F] (what evaluation probes).
+
+    Example:
+      >>> net = gje_jax.models.Network(gje_jax.models.MLP(hidden=(16,), out_dim=8), gje_jax.models.Projector(hidden=(16,), out_dim=4, norm="ln"))
+      >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 5)), train=False)
+      >>> out, feats = net.apply(variables, jnp.ones((3, 5)), train=False, return_features=True)
+      >>> out.shape, feats.shape                                   # projector output, backbone features
+      ((3, 4), (3, 8))
     """
 
     backbone: nn.Module

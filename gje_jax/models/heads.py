@@ -32,6 +32,13 @@ class MDNHead(nn.Module):
       floor: minimum standard deviation / Cholesky diagonal.
 
     Call: c [N, d_c] -> ConditionalMixture with log_weights [N, K], means [N, K, d_t].
+
+    Example:
+      >>> head = gje_jax.models.MDNHead(num_components=3, out_dim=2, hidden=(16,))
+      >>> params = head.init(jax.random.key(0), jnp.zeros((1, 4)))
+      >>> cond = head.apply(params, jnp.ones((5, 4)))              # a ConditionalMixture
+      >>> cond.mean().shape, cond.log_prob(jnp.zeros((5, 2))).shape
+      ((5, 2), (5,))
     """
 
     num_components: int

@@ -62,6 +62,8 @@ def _validate_data(config) -> None:
 
 def validate(config, num_devices: int = 1) -> None:
     m = config.method
+    if not isinstance(config.get("debug", False), bool):
+        raise ValueError(f"config.debug must be True or False, got {config.debug!r}.")
     if m.name not in METHODS:
         raise ValueError(f"config.method.name={m.name!r} is unknown; valid methods: {sorted(METHODS)}.")
     if m.estimator not in ESTIMATORS:

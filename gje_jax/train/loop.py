@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -37,7 +38,15 @@ _IDENTITY_FIELDS = (
 
 def maybe_initialize_distributed(d) -> None:
     """jax.distributed from config.distributed or the JAX_COORDINATOR_ADDRESS /
-    JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables (multi-host)."""
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables (multi-host).
+
+    Example:
+      >>> from gje_jax.train import loop
+      >>> from experiments.configs.common import base_config
+      >>> loop.maybe_initialize_distributed(base_config().distributed)   # single host: nothing to do
+      >>> jax.process_count()
+      1
+    """
     addr = d.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     num = d.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
     if num <= 1:
@@ -50,7 +59,14 @@ def maybe_initialize_distributed(d) -> None:
 
 
 def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis 'data'."""
+    """A 1-D mesh over every device of every process, axis 'data'.
+
+    Example:
+      >>> from gje_jax.train import loop
+      >>> mesh = loop.make_mesh()                                  # one 'data' axis over every device
+      >>> mesh.axis_names, mesh.size == jax.device_count()
+      (('data',), True)
+    """
     return Mesh(np.asarray(jax.devices()), ("data",))
 
 
@@ -88,7 +104,17 @@ def global_batch(source: ArraySource, config, step: int, sharding: NamedSharding
     """This process loads its slice of the step's global batch and assembles the global array.
 
     A process-local source (each process holds its own share of the data) is batched
-    within that share; otherwise every process indexes the same global permutation."""
+    within that share; otherwise every process indexes the same global permutation.
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> state, step_fn, source, sharding = loop.setup(config)
+      >>> batch = loop.global_batch(source, config, step=0, sharding=sharding)
+      >>> batch["x"].shape == (config.batch_size, config.data.dim)
+      True
+    """
     if source.process_local:
         per_process = config.batch_size // jax.process_count()
         local = source.get(batch_indices(config.seed, step, len(source), per_process))
@@ -102,7 +128,15 @@ def load_data(config):
     """-> (source, views_fn, num_classes of the online probe (0: none)).
 
     'clustered' is generated in memory; any other name is an image dataset read through
-    TFDS (gje_jax.data.images), this process's share only."""
+    TFDS (gje_jax.data.images), this process's share only.
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> source, views_fn, num_classes = loop.load_data(synthetic_views.get_config("runlocal"))
+      >>> source.arrays["x"].shape, num_classes
+      ((512, 8), 0)
+    """
     if config.data.name == "clustered":
         data = synthetic.load(config.data, config.seed)
         return ArraySource(data), synthetic.views_for(config.data), 0
@@ -121,7 +155,16 @@ def load_data(config):
 def setup(config, mesh: Mesh | None = None, data=None):
     """Builds (state, step_fn, source, shardings); reads data but writes nothing.
 
-    data: the result of load_data(config), when the caller already has it."""
+    data: the result of load_data(config), when the caller already has it.
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> state, step_fn, source, sharding = loop.setup(config)
+      >>> int(state.step), config.batch_size % sharding.mesh.size   # the batch splits over the devices
+      (0, 0)
+    """
     mesh = mesh or make_mesh()
     config_check.validate(config, num_devices=mesh.size)
     source, views_fn, num_classes = data if data is not None else load_data(config)
@@ -142,15 +185,51 @@ def setup(config, mesh: Mesh | None = None, data=None):
     )
     state = init(jax.random.key(config.seed))
     step = functools.partial(
-        train_step, method=method, views_fn=views_fn, target_momentum=config.method.target_momentum
+        train_step,
+        method=method,
+        views_fn=views_fn,
+        target_momentum=config.method.target_momentum,
+        debug=bool(config.get("debug", False)),
     )
+    out_shardings, donate = (replicated, replicated), (0,)
+    if config.get("debug", False):
+        # The checks ride along as an Error value; run_step turns it into an exception.
+        # No donation here: with jaxlib 0.10 a checkified step that donates its state
+        # returned a deleted buffer for a leaf it passes through (a segfault on next use).
+        step = checkify.checkify(step, errors=checkify.user_checks)
+        out_shardings, donate = (replicated, out_shardings), ()
     step_fn = jax.jit(
         step,
         in_shardings=(replicated, data_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
+        out_shardings=out_shardings,
+        donate_argnums=donate,
     )
     return state, step_fn, source, data_sharding
+
+
+def run_step(config, step_fn, state, batch, key):
+    """One call of setup's step_fn -> (state, metrics); in debug mode, raises
+    FloatingPointError naming the step, the method and the first non-finite tensor.
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> state, step_fn, source, sharding = loop.setup(config)
+      >>> state, metrics = loop.run_step(config, step_fn, state, loop.global_batch(source, config, 0, sharding), jax.random.key(0))
+      >>> int(state.step)
+      1
+    """
+    if not config.get("debug", False):
+        return step_fn(state, batch, key)
+    err, (state, metrics) = step_fn(state, batch, key)
+    msg = err.get()
+    if msg:
+        raise FloatingPointError(
+            f"debug check failed in method {config.method.name!r}: {msg.splitlines()[0]}. "
+            "The last saved checkpoint is intact; see the named tensor."
+        )
+    return state, metrics
 
 
 def _check_workdir_config(config, workdir: str) -> None:
@@ -177,6 +256,19 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
 
     stop_after: stop (with a checkpoint) once this step is reached; for tests of resume.
     Returns (final state, last logged metrics).
+
+    Example:
+      >>> import tempfile
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> workdir = tempfile.mkdtemp()
+      >>> state, last = loop.train_and_evaluate(config, workdir, progress=False, stop_after=10)
+      >>> int(state.step), sorted(__import__("os").listdir(workdir))[:2]
+      (10, ['checkpoints', 'config.json'])
+      >>> state, last = loop.train_and_evaluate(config, workdir, progress=False)   # resumes at step 10
+      >>> int(state.step) == config.num_steps
+      True
     """
     maybe_initialize_distributed(config.distributed)
     mesh = make_mesh()
@@ -211,7 +303,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
             step = start
             while step < end:
                 batch = global_batch(source, config, step, data_sharding)
-                state, metrics = step_fn(state, batch, key)
+                state, metrics = run_step(config, step_fn, state, batch, key)
                 step += 1
                 if bar is not None:
                     bar.update(1)

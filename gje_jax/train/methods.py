@@ -24,7 +24,14 @@ from gje_jax.models import MDNHead, Predictor
 
 class Embeddings(NamedTuple):
     """a, b: [N, E] online embeddings of the context and target views;
-    a_target, b_target: [N, E] EMA-target-network embeddings (or None)."""
+    a_target, b_target: [N, E] EMA-target-network embeddings (or None).
+
+    Example:
+      >>> from gje_jax.train.methods import Embeddings
+      >>> emb = Embeddings(jnp.zeros((4, 8)), jnp.ones((4, 8)))   # the two views' embeddings
+      >>> emb.a.shape, emb.a_target is None
+      ((4, 8), True)
+    """
 
     a: jax.Array
     b: jax.Array
@@ -45,6 +52,17 @@ class Method:
       (the `batch` estimator, the deterministic baselines: fit one afterwards);
     conditional(params, state, c) -> ConditionalMixture p(t | c) for c [N, d_c], or None
       (then use density(...).condition(c)).
+
+    Example:
+      >>> from gje_jax.train.methods import Embeddings, get_method
+      >>> from experiments.configs.common import base_config
+      >>> m = base_config().method; m.name = "gmje"; m.num_components = 3
+      >>> method = get_method(m)                                   # a Method: init, loss, update, density
+      >>> params, state = method.init(jax.random.key(0), 2, 2)
+      >>> emb = Embeddings(jnp.zeros((16, 2)), jnp.ones((16, 2)))
+      >>> loss, metrics = method.loss(params, state, emb)
+      >>> loss.shape, method.density(params, state).means.shape
+      ((), (3, 4))
     """
 
     name: str
@@ -337,7 +355,15 @@ METHODS: dict[str, Callable[[Any], Method]] = {
 def get_method(method_config) -> Method:
     """The registered Method for config.method (its `name` selects it from METHODS).
 
-    Example: `get_method(config.method).loss(params, state, embeddings)`."""
+    Example: `get_method(config.method).loss(params, state, embeddings)`.
+
+    Example:
+      >>> from gje_jax.train.methods import get_method
+      >>> from experiments.configs.common import base_config
+      >>> m = base_config().method; m.name = "simclr"
+      >>> get_method(m).name
+      'simclr'
+    """
     name = method_config.name
     if name not in METHODS:
         raise ValueError(f"config.method.name={name!r} is unknown; valid methods: {sorted(METHODS)}.")
@@ -345,5 +371,11 @@ def get_method(method_config) -> Method:
 
 
 def ema_update(target, online, momentum: float):
-    """target <- momentum * target + (1 - momentum) * online, leaf by leaf."""
+    """target <- momentum * target + (1 - momentum) * online, leaf by leaf.
+
+    Example:
+      >>> from gje_jax.train.methods import ema_update
+      >>> np.asarray(ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, momentum=0.9)["w"], float).round(4).tolist()   # 0.9 * 0 + 0.1 * 1
+      [0.1, 0.1]
+    """
     return optax.incremental_update(online, target, 1.0 - momentum)

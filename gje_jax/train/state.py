@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
+from jax.experimental import checkify
 
 from gje_jax.train.methods import Embeddings, Method, ema_update
 
@@ -17,7 +19,16 @@ from gje_jax.train.methods import Embeddings, Method, ema_update
 class TrainState(train_state.TrainState):
     """params = {'encoder': ..., 'method': ...}; batch_stats of the encoder's batch-norm
     layers; method_state = everything non-gradient (EMA statistics, EMA target network,
-    later the GNG graph and the SMC bank). All of it is checkpointed."""
+    later the GNG graph and the SMC bank). All of it is checkpointed.
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> state, step_fn, source, sharding = loop.setup(config)
+      >>> sorted(state.params), int(state.step)                   # encoder, method params; step count
+      (['encoder', 'method'], 0)
+    """
 
     batch_stats: Any
     method_state: Any
@@ -25,7 +36,16 @@ class TrainState(train_state.TrainState):
 
 def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
     """o: config.optim (name adamw|lars|sgd, lr, weight_decay, warmup_steps, schedule
-    cosine|constant, grad_clip, momentum)."""
+    cosine|constant, grad_clip, momentum).
+
+    Example:
+      >>> from gje_jax.train.state import make_optimizer
+      >>> from experiments.configs.common import base_config
+      >>> tx = make_optimizer(base_config().optim, num_steps=100)   # an optax GradientTransformation
+      >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}), {"w": jnp.zeros(2)})
+      >>> updates["w"].shape
+      (2,)
+    """
     warmup = min(o.warmup_steps, max(num_steps - 1, 0))
     if o.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1))
@@ -48,7 +68,17 @@ def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
 
 def with_probe_optimizer(tx: optax.GradientTransformation, probe_lr: float) -> optax.GradientTransformation:
     """tx for everything but params['probe'], which gets its own Adam (so the probe's
-    gradients never enter the method's clipping or schedule)."""
+    gradients never enter the method's clipping or schedule).
+
+    Example:
+      >>> import optax
+      >>> from gje_jax.train.state import with_probe_optimizer
+      >>> tx = with_probe_optimizer(optax.sgd(0.0), probe_lr=0.1)  # the method's lr is 0; the probe's is not
+      >>> params = {"encoder": jnp.ones(2), "probe": jnp.ones(2)}
+      >>> updates, _ = tx.update({"encoder": jnp.ones(2), "probe": jnp.ones(2)}, tx.init(params), params)
+      >>> abs(float(updates["encoder"][0])), float(updates["probe"][0]) < 0
+      (0.0, True)
+    """
 
     def labels(params):
         return {k: jax.tree.map(lambda _, k=k: "probe" if k == "probe" else "ssl", v) for k, v in params.items()}
@@ -67,7 +97,20 @@ def create_state(
     """Initialises every pytree of the state. example_input: [B, ...] one view.
 
     num_classes > 0 adds an online linear probe, params['probe'] ({'kernel' [F, C],
-    'bias' [C]}), trained on stop-gradient backbone features of the labelled batches."""
+    'bias' [C]}), trained on stop-gradient backbone features of the labelled batches.
+
+    Example:
+      >>> import optax
+      >>> from gje_jax.models import MLP, Network
+      >>> from gje_jax.train.state import create_state
+      >>> from gje_jax.train.methods import get_method
+      >>> from experiments.configs.common import base_config
+      >>> m = base_config().method; m.name = "gje"
+      >>> state = create_state(jax.random.key(0), Network(MLP(hidden=(16,), out_dim=4)), get_method(m),
+      ...                      jnp.zeros((2, 6)), optax.adam(1e-3))
+      >>> state.params["encoder"]["backbone"]["out"]["kernel"].shape
+      (16, 4)
+    """
     k_enc, k_method = jax.random.split(key)
     variables = network.init(k_enc, example_input, train=False)
     emb, feats = jax.eval_shape(lambda v: network.apply(v, example_input, train=False, return_features=True), variables)
@@ -89,7 +132,15 @@ def create_state(
 
 
 def probe_loss(probe_params, features: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """Cross-entropy of the online linear probe on stop-gradient features [B, F]; labels int [B]."""
+    """Cross-entropy of the online linear probe on stop-gradient features [B, F]; labels int [B].
+
+    Example:
+      >>> from gje_jax.train.state import probe_loss
+      >>> probe = {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}
+      >>> ce, metrics = probe_loss(probe, jnp.ones((4, 3)), jnp.array([0, 1, 0, 1]))
+      >>> round(float(ce), 4)                                      # log 2: uniform logits
+      0.6931
+    """
     logits = jax.lax.stop_gradient(features) @ probe_params["kernel"] + probe_params["bias"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     acc = jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -102,7 +153,20 @@ def loss_and_updates(
     """The differentiable part of a step: -> (loss, (metrics, new batch_stats, Embeddings)).
 
     With params['probe'] and labels [B], the online probe's cross-entropy is added to the
-    loss; its input is stop-gradient, so it trains only the probe."""
+    loss; its input is stop-gradient, so it trains only the probe.
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> state, step_fn, source, sharding = loop.setup(config)
+      >>> from gje_jax.train.methods import get_method
+      >>> from gje_jax.train.state import loss_and_updates
+      >>> a = b = jnp.zeros((8, config.data.dim))
+      >>> loss, (metrics, batch_stats, emb) = loss_and_updates(state.params, state, a, b, get_method(config.method))
+      >>> emb.a.shape[0], bool(jnp.isfinite(loss))
+      (8, True)
+    """
     n = view_a.shape[0]
     x = jnp.concatenate([view_a, view_b])  # One pass: batch-norm sees both views together.
     has_bn = bool(jax.tree.leaves(state.batch_stats))
@@ -127,6 +191,37 @@ def loss_and_updates(
     return loss, (metrics, new_bs, emb)
 
 
+def check_finite(tree, name: str, step: jax.Array) -> None:
+    """`checkify.check` that every floating leaf of `tree` is finite, naming the leaf.
+
+    Only meaningful inside a function wrapped by `checkify.checkify`. Leaves that may
+    legitimately hold -inf (log-weights of empty slots or inactive components) are
+    checked for NaN and +inf only.
+
+    Example:
+      >>> from jax.experimental import checkify
+      >>> from gje_jax.train.state import check_finite
+      >>> def f(x):
+      ...     check_finite({"x": x}, "inputs", step=jnp.int32(7))
+      ...     return x
+      >>> err, _ = checkify.checkify(f)(jnp.array([1.0, jnp.nan]))
+      >>> "inputs['x']" in err.get() and "step 7" in err.get()
+      True
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        where = name + jax.tree_util.keystr(path)
+        ok = ~jnp.isnan(leaf) & (leaf != jnp.inf) if "log_weight" in where else jnp.isfinite(leaf)
+        bad = jnp.sum(~ok)
+        checkify.check(
+            jnp.all(ok),
+            f"non-finite values in {where} (shape {tuple(leaf.shape)}): {{bad}} bad at step {{step}}",
+            bad=bad,
+            step=step,
+        )
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -135,22 +230,47 @@ def train_step(
     method: Method,
     views_fn: Callable,
     target_momentum: float = 0.99,
+    debug: bool = False,
 ) -> tuple[TrainState, dict]:
     """One update; a pure function of (state, batch, key).
 
     batch: the global batch (e.g. {'x': [B, dim]} or {'image': [B, H, W, C]}).
     key: the run's seed key; the step's key is fold_in(key, state.step).
+    debug: add a named finiteness check (`checkify.check`) on every tensor the step reads
+      or makes: params and method state on entry, views, embeddings, loss, metrics,
+      gradients, updated params and method state, in that order. The step must then be
+      wrapped in `checkify.checkify`; the first failing check names the tensor and the step.
     Returns (new state, metrics dict of [] float32).
+
+    Example:
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> config = synthetic_views.get_config("runlocal")
+      >>> state, step_fn, source, sharding = loop.setup(config)
+      >>> batch = loop.global_batch(source, config, 0, sharding)
+      >>> new_state, metrics = step_fn(state, batch, jax.random.key(0))   # jitted functools.partial(train_step, ...)
+      >>> int(new_state.step), bool(jnp.isfinite(metrics["loss"]))
+      (1, True)
     """
+    check = functools.partial(check_finite, step=state.step) if debug else lambda tree, name: None
+    check(state.params, "params (on entry)")
+    check(state.method_state, "method_state (on entry)")
     step_key = jax.random.fold_in(key, state.step)
     view_a, view_b = views_fn(batch, step_key)
+    check({"a": view_a, "b": view_b}, "views")
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
     (loss, (metrics, new_bs, emb)), grads = grad_fn(state.params, state, view_a, view_b, method, batch.get("label"))
+    check(emb, "embeddings")
+    check(loss, "loss")
+    check(metrics, "metrics")
+    check(grads, "gradients")
     new_state = state.apply_gradients(grads=grads, batch_stats=new_bs)
+    check(new_state.params, "params (after the update)")
     emb = jax.tree.map(jax.lax.stop_gradient, emb)
     method_state, update_metrics = method.update(
         state.method_state, emb, new_state.params, jax.random.fold_in(step_key, 1)
     )
+    check(method_state, "method_state (after the update)")
     if method.target_network:
         method_state = dict(
             method_state, target=ema_update(method_state["target"], new_state.params["encoder"], target_momentum)

@@ -1,0 +1,30 @@
+r"""Long-run stability: every method for 20k steps on the clustered-views task.
+
+  python -m experiments.main --config=experiments/configs/stability.py --workdir=runs/stability
+
+Each method trains in WORKDIR/METHOD (resumable); the report lists non-finite steps, the
+loss, gradient norm and embedding spread over the run, and each method's diagnostics.
+`:runlocal` is a seconds-long smoke run.
+"""
+
+import ml_collections
+
+from experiments.configs.common import clustered_views_train
+
+METHODS = ("gje", "gmje", "gmje_em", "gmje_mdn", "gmje_gng", "gmje_smc", "simclr", "vicreg", "predictor")
+
+
+def get_config(arg: str = ""):
+    if arg not in ("", "runlocal"):
+        raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
+    c = ml_collections.ConfigDict()
+    c.experiment = "stability"
+    c.methods = METHODS
+    t = clustered_views_train(runlocal=arg == "runlocal")
+    t.num_steps = 40 if arg == "runlocal" else 20000
+    t.log_every = 10 if arg == "runlocal" else 100
+    t.checkpoint_every = 20 if arg == "runlocal" else 2000
+    t.keep_checkpoints = 1
+    c.train = t
+    c.lock()
+    return c

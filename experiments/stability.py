@@ -1,0 +1,146 @@
+r"""Long-run stability of every method (issue: reliability, item 7).
+
+  python -m experiments.main --config=experiments/configs/stability.py --workdir=runs/stability
+
+Trains each method of config.methods for config.train.num_steps steps in WORKDIR/METHOD
+(resuming what is there), then reads each run's metrics.jsonl and writes
+WORKDIR/stability.{md,csv} and WORKDIR/stability.png (loss, gradient norm and embedding
+spread against the step). A run that produces a non-finite loss stops with the step
+(train_and_evaluate raises); the report then shows it as failed instead of aborting.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import numpy as np
+
+from gje_jax.train import loop
+
+# Method diagnostics worth a column, when the method logs them.
+DIAGNOSTICS = ("bank_ess", "gng_nodes", "em_reseeds", "components_used", "effective_rank")
+
+
+def _read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    # A resumed run re-logs from its last checkpoint: keep the last record of each step.
+    return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+
+
+def summarize(method: str, rows: list[dict], seconds: float, error: str) -> dict:
+    def col(k):
+        return np.asarray([r.get(k, np.nan) for r in rows], np.float64)
+
+    loss = col("loss")
+    finite = np.isfinite(loss)
+    out = {
+        "method": method,
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "records": len(rows),
+        "non_finite": int((~finite).sum()) + int(bool(error)),
+        "loss_first": float(loss[0]) if rows else np.nan,
+        "loss_last": float(loss[-1]) if rows else np.nan,
+        "loss_max_late": float(np.nanmax(loss[len(loss) // 2 :])) if rows else np.nan,
+        "grad_norm_max": float(np.nanmax(col("grad_norm"))) if rows else np.nan,
+        "emb_std_min": float(np.nanmin(col("embedding_std"))) if rows else np.nan,
+        "emb_std_last": float(col("embedding_std")[-1]) if rows else np.nan,
+        "seconds": round(seconds, 1),
+        "error": error,
+    }
+    for k in DIAGNOSTICS:
+        for name in rows[-1] if rows else ():
+            if name.endswith(k):
+                out[f"{name} (last)"] = float(rows[-1][name])
+    return out
+
+
+def _figure(runs: dict[str, list[dict]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for method, rows in runs.items():
+        if not rows:
+            continue
+        step = [r["step"] for r in rows]
+        for ax, key in zip(axes, ("loss", "grad_norm", "embedding_std")):
+            ax.plot(step, [r.get(key, np.nan) for r in rows], label=method, lw=1)
+    for ax, key in zip(axes, ("loss", "gradient norm", "embedding std (mean over dims)")):
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    axes[0].set_yscale("symlog")
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(config, workdir: str, *, command: str = "") -> list[dict]:
+    os.makedirs(workdir, exist_ok=True)
+    results, runs = [], {}
+    for method in config.methods:
+        t = config.train.copy_and_resolve_references()
+        t.method.name = method
+        mdir = os.path.join(workdir, method)
+        error = ""
+        start = time.perf_counter()
+        try:
+            loop.train_and_evaluate(t, mdir)
+        except FloatingPointError as e:  # a non-finite loss: reported, not fatal to the others
+            error = str(e).splitlines()[0][:200]
+        seconds = time.perf_counter() - start
+        timing = os.path.join(mdir, "timing.json")
+        if seconds > 5 or not os.path.exists(timing):  # keep the time of the run that trained it
+            with open(timing, "w") as f:
+                json.dump({"seconds": seconds}, f)
+        with open(timing) as f:
+            seconds = json.load(f)["seconds"]
+        runs[method] = _read_metrics(os.path.join(mdir, "metrics.jsonl"))
+        results.append(summarize(method, runs[method], seconds, error))
+        r = results[-1]
+        print(
+            f"{method:10s} steps {r['steps']:6d}  non-finite {r['non_finite']}  loss {r['loss_first']:.4g} -> "
+            f"{r['loss_last']:.4g}  max |grad| {r['grad_norm_max']:.3g}  emb std min {r['emb_std_min']:.3g}"
+            + (f"  ERROR {error}" if error else "")
+        )
+    _write(results, workdir, command)
+    _figure(runs, os.path.join(workdir, "stability.png"))
+    return results
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "nan" if not np.isfinite(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _write(results: list[dict], workdir: str, command: str) -> None:
+    keys = []
+    for r in results:
+        keys += [k for k in r if k not in keys]
+    with open(os.path.join(workdir, "stability.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(results)
+    main = [k for k in keys if k != "error" and "(last)" not in k]
+    lines = [
+        f"Long-run stability, produced by `{command}`.",
+        "",
+        "| " + " | ".join(main + ["diagnostics (last)", "error"]) + " |",
+        "|" + "---|" * (len(main) + 2),
+    ]
+    for r in results:
+        diag = ", ".join(f"{k[:-7]}={_fmt(v)}" for k, v in r.items() if k.endswith("(last)"))
+        lines.append("| " + " | ".join(_fmt(r.get(k, "")) for k in main) + f" | {diag} | {r['error']} |")
+    with open(os.path.join(workdir, "stability.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
