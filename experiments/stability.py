@@ -43,7 +43,7 @@ def summarize(method: str, rows: list[dict], seconds: float, error: str) -> dict
         "method": method,
         "steps": int(rows[-1]["step"]) if rows else 0,
         "records": len(rows),
-        "non_finite": int((~finite).sum()) + int(bool(error)),
+        "non_finite": max(int((~finite).sum()), int(bool(error))),
         "loss_first": float(loss[0]) if rows else np.nan,
         "loss_last": float(loss[-1]) if rows else np.nan,
         "loss_max_late": float(np.nanmax(loss[len(loss) // 2 :])) if rows else np.nan,
@@ -97,7 +97,7 @@ def run(config, workdir: str, *, command: str = "") -> list[dict]:
         try:
             loop.train_and_evaluate(t, mdir)
         except FloatingPointError as e:  # a non-finite loss: reported, not fatal to the others
-            error = str(e).splitlines()[0][:200]
+            error = str(e).split(";")[0]
         seconds = time.perf_counter() - start
         timing = os.path.join(mdir, "timing.json")
         if seconds > 5 or not os.path.exists(timing):  # keep the time of the run that trained it

@@ -420,3 +420,18 @@ def test_debug_flag_is_type_checked():
         c.debug = None
     with pytest.raises(ValueError, match="config.debug must be True or False"):
         config_check.validate(c)
+
+
+def test_stability_report_records_a_diverging_run_instead_of_aborting(tmp_path):
+    from experiments import stability
+    from experiments.configs import stability as stability_config
+
+    c = stability_config.get_config("runlocal")
+    with c.unlocked():
+        c.methods = ("gje",)
+        c.train.optim.lr = 1e30  # diverges within the first logging interval
+    (row,) = stability.run(c, str(tmp_path), command="test")
+    assert row["error"].startswith("loss is nan at step 10") and row["non_finite"] >= 1
+    assert row["steps"] == 10  # the non-finite record itself was logged
+    text = (tmp_path / "stability.md").read_text()
+    assert "| gje | 10 |" in text and (tmp_path / "stability.png").exists()

@@ -278,7 +278,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
         if ckpts and max(ckpts) >= 10 or proc.poll() is not None:
             break
         time.sleep(0.05)
-    proc.kill()  # SIGKILL: no chance to save; possibly in the middle of a save
+    # A random moment after step 10's checkpoint (one is written every 5 steps): the kill
+    # lands between steps or inside a save, depending on timing.
+    time.sleep(np.random.default_rng().uniform(0.0, 0.5))
+    proc.kill()  # SIGKILL: no chance to save
     proc.wait()
     subprocess.run([*base, f"--workdir={killed}", *overrides], cwd=ROOT, check=True, capture_output=True, timeout=300)
     straight = tmp_path / "straight"

@@ -312,13 +312,14 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
                     now = time.perf_counter()
                     last["examples_per_s"] = (step - n_last) * config.batch_size / max(now - t_last, 1e-9)
                     t_last, n_last = now, step
-                    if not np.isfinite(last["loss"]):
-                        raise FloatingPointError(
-                            f"loss is {last['loss']} at step {step} (method {config.method.name}); metrics: {last}"
-                        )
-                    if metrics_file:
+                    if metrics_file:  # logged before the check below, so a NaN's diagnostics are kept
                         metrics_file.write(json.dumps({"step": step, **last}) + "\n")
                         metrics_file.flush()
+                    if not np.isfinite(last["loss"]):
+                        raise FloatingPointError(
+                            f"loss is {last['loss']} at step {step} (method {config.method.name}); metrics: {last}. "
+                            "Rerun with --config.debug=True to name the first non-finite tensor."
+                        )
                     if writer:
                         for k, v in last.items():
                             writer.add_scalar(f"train/{k}", v, step)
