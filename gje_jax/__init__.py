@@ -6,7 +6,7 @@ Public API: densities (`GaussianMixture`, `ConditionalMixture`), estimators
 (`gje_jax.evaluation`) and metrics of unconditional samples (`gje_jax.sampling_metrics`).
 """
 
-from gje_jax import evaluation, linalg, losses, sampling_metrics
+from gje_jax import em, evaluation, gng, linalg, losses, models, resampling, sampling_metrics, smc
 from gje_jax.gaussian import (
     GaussianStats,
     effective_rank,
@@ -36,19 +36,24 @@ __all__ = [
     "component_log_probs",
     "effective_rank",
     "empirical_moments",
+    "em",
     "evaluation",
     "fit_gaussian",
     "gaussian_entropy",
     "gaussian_mutual_information",
     "geometry_term",
     "gje_loss",
+    "gng",
     "gmje_contrastive",
     "gmje_loss",
     "infonce",
     "ledoit_wolf",
     "linalg",
     "losses",
+    "models",
     "regularize",
+    "resampling",
     "sampling_metrics",
+    "smc",
     "trace_trap_report",
 ]

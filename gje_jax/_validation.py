@@ -65,8 +65,13 @@ def check_finite_if_concrete(x, name: str) -> None:
     (under jit, vmap or grad NaN propagates: use the debug mode's checkify checks there).
 
     The reduction runs where `x` lives; only one boolean comes back to the host."""
-    if x is not None and is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        n_bad = int(jnp.sum(~jnp.isfinite(x)))
+    if x is None or not is_concrete(x):
+        return
+    # Inside a jit trace, jnp ops on concrete constants would be staged out (tracers);
+    # evaluate this check now instead.
+    with jax.ensure_compile_time_eval():
+        n_bad = int(jnp.sum(~jnp.isfinite(jnp.asarray(x))))
+    if n_bad:
         raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s) (shape {tuple(np.shape(x))}).")
 
 
@@ -75,10 +80,13 @@ def check_log_weights_if_concrete(x, name: str) -> None:
     least one entry along the last axis is finite."""
     if x is None or not is_concrete(x):
         return
-    x = jnp.asarray(x)
-    if bool(jnp.any(jnp.isnan(x) | (x == jnp.inf))):
+    with jax.ensure_compile_time_eval():
+        x = jnp.asarray(x)
+        bad = bool(jnp.any(jnp.isnan(x) | (x == jnp.inf)))
+        empty = x.size and not bool(jnp.all(jnp.any(jnp.isfinite(x), axis=-1)))
+    if bad:
         raise ValueError(f"{name} contains NaN or +Inf (shape {tuple(x.shape)}); zero weights are -inf.")
-    if x.size and not bool(jnp.all(jnp.any(jnp.isfinite(x), axis=-1))):
+    if empty:
         raise ValueError(f"{name} is -inf everywhere (shape {tuple(x.shape)}): every weight is zero.")
 
 

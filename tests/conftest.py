@@ -7,6 +7,13 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One on-disk compilation cache per test session (created by the xdist controller, which
+# loads this file before it starts the workers; workers, subprocesses and notebook kernels
+# inherit it): the many tests that build the same small train step compile it once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gje_jax_jit_cache_")
 
 import jax  # noqa: E402
 

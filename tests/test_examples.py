@@ -59,3 +59,22 @@ def test_docstring_examples_run(module):
                 ran += len(test.examples)
     failed, _ = runner.summarize(verbose=False)
     assert ran > 0 and failed == 0, f"{failed} docstring example(s) failed in {module} (see the output above)"
+
+
+def test_examples_need_only_the_top_level_import():
+    """Examples write `gje_jax.smc.update(...)` after `import gje_jax`: every submodule they
+    reach that way must be imported by gje_jax itself (checked in a fresh interpreter,
+    since this test process has imported everything)."""
+    import re
+    import subprocess
+    import sys
+
+    used = set()
+    for objs in OBJECTS.values():
+        for o in objs:
+            for line in (o.__doc__ or "").splitlines():
+                line = line.strip()
+                if line.startswith((">>>", "...")) and "import" not in line:
+                    used |= set(re.findall(r"gje_jax\.([a-z_]+)\.", line))
+    code = "import gje_jax\n" + "".join(f"gje_jax.{m}\n" for m in sorted(used))
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)

@@ -184,7 +184,7 @@ def test_condition_number_1e7_in_float32():
         lambda z: L.gje_loss(z[:, :4], z[:, 4:], lambda_geo=1.0)[0],
         lambda z: L.gmje_loss(z[:, :4], z[:, 4:], gm)[0],
     ):
-        val, grad = jax.value_and_grad(f)(z)
+        val, grad = jax.jit(jax.value_and_grad(f))(z)
         assert np.isfinite(val) and np.all(np.isfinite(grad))
 
 
@@ -199,7 +199,7 @@ def test_variances_at_the_floor_stay_finite():
         m = G.GaussianMixture.from_unconstrained(jnp.zeros(2), jnp.zeros((2, d)), raw, floor=floor)
         return L.gmje_loss(z[:, :2], z[:, 2:], m, lambda_bal=0.1)[0]
 
-    val, grad = jax.value_and_grad(f)(raw)
+    val, grad = jax.jit(jax.value_and_grad(f))(raw)
     assert np.isfinite(val) and np.all(np.isfinite(grad))
 
 
@@ -229,12 +229,13 @@ def _extreme_batches(rng, n, d):
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_extreme_batches_keep_losses_and_gradients_finite(loss, n, d):
     rng = np.random.default_rng(5)
+    h = d // 2
+    # Jitted once per (loss, shape): the five batches share one compiled program.
+    value_and_grad = jax.jit(jax.value_and_grad(lambda z: LOSSES[loss](z[:, :h], z[:, h:])[0]))
     for case, z in _extreme_batches(rng, n, d).items():
         if loss == "gmje prototypes" and case == "norm 1e6":
-            continue  # fixed unit-scale prototypes 1e6 away: covered by the clipped-gradient note below
-        z = jnp.asarray(z, jnp.float32)
-        h = d // 2
-        val, grad = jax.value_and_grad(lambda z: LOSSES[loss](z[:, :h], z[:, h:])[0])(z)
+            continue  # unit-scale prototypes 1e6 away: test_prototypes_far_from_the_data_...
+        val, grad = value_and_grad(jnp.asarray(z, jnp.float32))
         assert np.isfinite(val) and np.all(np.isfinite(grad)), (loss, case, float(val))
 
 
@@ -335,16 +336,21 @@ def test_property_gje_and_gmje_losses_are_finite_with_finite_gradients(shape, sc
     z = rng.normal(size=(n, d)) * scale
     if duplicate:
         z[:] = z[0]
-    z = jnp.asarray(z, jnp.float32)
-    h = d // 2
-    gm = _mixture(d, 2, seed % 3)
-    for f in (
+    vals, grads = _property_losses(jnp.asarray(z, jnp.float32), _mixture(d, 2, seed % 3))
+    assert np.all(np.isfinite(vals)) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+@jax.jit
+def _property_losses(z, gm):
+    """(values [3], gradients) of gje / gmje / contrastive losses; one compile per shape."""
+    h = z.shape[1] // 2
+    fs = (
         lambda z: L.gje_loss(z[:, :h], z[:, h:], lambda_geo=1.0)[0],
         lambda z: L.gmje_loss(z[:, :h], z[:, h:], gm, lambda_geo=1.0, lambda_bal=0.1)[0],
         lambda z: L.gmje_contrastive(z[:, :h], z[:, h:], tau=0.1)[0],
-    ):
-        val, grad = jax.value_and_grad(f)(z)
-        assert np.isfinite(val) and np.all(np.isfinite(grad))
+    )
+    out = [jax.value_and_grad(f)(z) for f in fs]
+    return jnp.stack([v for v, _ in out]), [g for _, g in out]
 
 
 @PROPERTY

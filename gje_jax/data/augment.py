@@ -311,7 +311,8 @@ def augment(key: jax.Array, x: jax.Array, recipe: Recipe, view: int = 0) -> jax.
     Example:
       >>> from gje_jax.data import augment
       >>> x = jax.random.uniform(jax.random.key(0), (32, 32, 3))
-      >>> view = augment.augment(jax.random.key(1), x, augment.get_recipe("simclr_cifar"), view=0)
+      >>> aug = jax.jit(augment.augment, static_argnames=("recipe", "view"))  # jit it: one program, not op by op
+      >>> view = aug(jax.random.key(1), x, augment.get_recipe("simclr_cifar"), view=0)
       >>> view.shape, 0.0 <= float(view.min()) and float(view.max()) <= 1.0
       ((32, 32, 3), True)
     """

@@ -93,8 +93,8 @@ class SmallConvNet(nn.Module):
 
     Example:
       >>> net = gje_jax.models.SmallConvNet(widths=(8, 16), patch=2)
-      >>> variables = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-      >>> net.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
+      >>> variables = jax.jit(net.init, static_argnames="train")(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+      >>> jax.jit(net.apply, static_argnames="train")(variables, jnp.zeros((2, 32, 32, 3)), train=False).shape
       (2, 16)
     """
 
@@ -162,8 +162,8 @@ class ResNet(nn.Module):
 
     Example:
       >>> net = gje_jax.models.ResNet(stage_sizes=(1, 1), width=8, stem="cifar")
-      >>> variables = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
-      >>> net.apply(variables, jnp.zeros((2, 16, 16, 3)), train=False).shape   # pooled features
+      >>> variables = jax.jit(net.init, static_argnames="train")(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+      >>> jax.jit(net.apply, static_argnames="train")(variables, jnp.zeros((2, 16, 16, 3)), train=False).shape   # pooled
       (2, 16)
     """
 

@@ -163,7 +163,8 @@ def loss_and_updates(
       >>> from gje_jax.train.methods import get_method
       >>> from gje_jax.train.state import loss_and_updates
       >>> a = b = jnp.zeros((8, config.data.dim))
-      >>> loss, (metrics, batch_stats, emb) = loss_and_updates(state.params, state, a, b, get_method(config.method))
+      >>> f = jax.jit(loss_and_updates, static_argnames="method")
+      >>> loss, (metrics, batch_stats, emb) = f(state.params, state, a, b, method=get_method(config.method))
       >>> emb.a.shape[0], bool(jnp.isfinite(loss))
       (8, True)
     """
