@@ -93,7 +93,11 @@ def check_log_weights_if_concrete(x, name: str) -> None:
 def finite_args(*names: str, log_weights: Sequence[str] = ()):
     """Decorator, put above `jax.jit`: an eager call checks the named array arguments for
     NaN/Inf (and `log_weights` ones for NaN, +Inf or all -inf) before running; calls on
-    tracers (inside jit, vmap, grad) are not checked."""
+    tracers (inside jit, vmap, grad) are not checked.
+
+    The check belongs at the public boundary only: library code that has already checked
+    its inputs calls `fn.unchecked` (the jitted function itself), so an eager call pays
+    one check per user argument, not one per internal call."""
 
     def decorate(fn):
         sig = inspect.signature(fn)
@@ -109,6 +113,7 @@ def finite_args(*names: str, log_weights: Sequence[str] = ()):
                     check_log_weights_if_concrete(bound[n], n)
             return fn(*args, **kwargs)
 
+        wrapper.unchecked = fn
         return wrapper
 
     return decorate

@@ -227,9 +227,9 @@ class GaussianMixture:
 
     # ---- densities ----------------------------------------------------------
     def _joint_logits(self, z, chunk_elements):
-        self.check_shapes()
+        self.validate()
         z = _check_points(z, self.dim, "z")
-        comp, _ = component_log_probs(z, self.means, self.chols, chunk_elements=chunk_elements)
+        comp, _ = component_log_probs.unchecked(z, self.means, self.chols, chunk_elements=chunk_elements)
         return self.normalized_log_weights() + comp  # [N, K]
 
     def log_prob(self, z: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:

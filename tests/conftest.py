@@ -11,9 +11,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # loads this file before it starts the workers; workers, subprocesses and notebook kernels
 # inherit it): the many tests that build the same small train step compile it once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gje_jax_jit_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 

@@ -129,6 +129,10 @@ def test_bad_parameters_and_arguments():
         bad.validate()
     with pytest.raises(ValueError, match="means contains 1 NaN"):
         G.component_log_probs(_z(), bad.means, bad.chols)
+    with pytest.raises(ValueError, match="means contains 1 NaN"):
+        bad.log_prob(_z())
+    with pytest.raises(ValueError, match="means contains 1 NaN"):
+        L.gmje_loss(_z()[:, :2], _z()[:, 2:], bad)
     with pytest.raises(ValueError, match="split"):
         _gm().condition(_z()[:, :2], split=4)
     with pytest.raises(ValueError, match="split"):
@@ -441,3 +445,22 @@ def test_stability_report_records_a_diverging_run_instead_of_aborting(tmp_path):
     assert row["steps"] == 10  # the non-finite record itself was logged
     text = (tmp_path / "stability.md").read_text()
     assert "| gje | 10 |" in text and (tmp_path / "stability.png").exists()
+
+
+def test_an_eager_loss_checks_each_user_argument_once(monkeypatch):
+    """The NaN check sits at the public boundary: internal calls (component_log_probs,
+    geometry_term) reuse the checked inputs instead of syncing with the device again."""
+    from gje_jax import _validation
+
+    seen = []
+    real = _validation.check_finite_if_concrete
+
+    def spy(x, name):
+        if _validation.is_concrete(x):  # on tracers (inside jit) the check is free: no device sync
+            seen.append(name)
+        return real(x, name)
+
+    monkeypatch.setattr(_validation, "check_finite_if_concrete", spy)
+    z = _z()
+    L.gmje_loss(z[:, :2], z[:, 2:], _gm(), lambda_geo=1.0)
+    assert sorted(seen) == ["c", "chols", "means", "t"]

@@ -151,7 +151,7 @@ def gje_loss(
             dens = density.to_gaussian(eps_rel, eps_abs)
         else:
             dens = density
-        dens.check_shapes()
+        dens.validate()  # user parameters: shapes, and NaN/Inf when called eagerly
         if dens.num_components != 1 or dens.dim != z.shape[1]:
             raise ValueError(
                 f"density must be one Gaussian over D = {z.shape[1]} (d_c + d_t), got K = "
@@ -162,7 +162,7 @@ def gje_loss(
     else:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
 
-    logp, maha = component_log_probs(z, dens.means, dens.chols)
+    logp, maha = component_log_probs.unchecked(z, dens.means, dens.chols)
     nll = -jnp.mean(logp)
     geo = _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs) if lambda_geo else jnp.zeros((), z.dtype)
     loss = nll - lambda_geo * geo

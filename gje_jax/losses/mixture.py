@@ -68,12 +68,12 @@ def gmje_loss(
       ((), True)
     """
     c, t = check_views(c, t)
-    mixture.check_shapes()
+    mixture.validate()  # shapes, and NaN/Inf in the parameters when called eagerly
     d = c.shape[1] + t.shape[1]
     if mixture.dim != d:
         raise ValueError(f"mixture has D = {mixture.dim} but c {tuple(c.shape)} and t {tuple(t.shape)} give D = {d}.")
     z = jnp.concatenate([c, t], axis=-1)
-    comp, maha = component_log_probs(z, mixture.means, mixture.chols)
+    comp, maha = component_log_probs.unchecked(z, mixture.means, mixture.chols)
     joint_logits = mixture.normalized_log_weights() + comp
     resp = jax.nn.softmax(joint_logits, axis=-1)
     if objective == "joint":
@@ -88,9 +88,9 @@ def gmje_loss(
     if not lambda_geo:
         geo = jnp.zeros((), z.dtype)
     elif objective == "joint":
-        geo = geometry_term(c, t, eps_rel=eps_rel, eps_abs=eps_abs)
+        geo = geometry_term.unchecked(c, t, eps_rel=eps_rel, eps_abs=eps_abs)
     else:  # the conditional NLL scales with d_t only: pair it with G_t
-        geo = target_geometry_term(t, eps_rel=eps_rel, eps_abs=eps_abs)
+        geo = target_geometry_term.unchecked(t, eps_rel=eps_rel, eps_abs=eps_abs)
     bal = balance_term(bal_resp, mixture.log_weights)
     loss = nll - lambda_geo * geo + lambda_bal * bal
     gbar = jnp.mean(jax.lax.stop_gradient(resp), axis=0)
