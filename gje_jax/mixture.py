@@ -5,9 +5,11 @@ GJE (K = 1) and GMJE (K > 1); `ConditionalMixture` is p(t | c), one mixture over
 target block per query, shared by prototype GMJE, the MDN head, GNG and the SMC bank.
 Both are pytrees (flax.struct dataclasses): pass them through jit, vmap and grad.
 
-Memory: every evaluation whitens residuals with W_k = L_k^{-1} in one batched matmul,
-producing [K, N, D] at most (chunked over N above `chunk_elements`); nothing of size
-[N, K, D, D] or [N, N, D] is ever formed.
+Densities: K = 1 is one triangular solve; K > 1 whitens residuals with W_k = L_k^{-1} in
+one GEMM per chunk of points, so at most `chunk_elements` residuals ([n, K, D]) live at
+once, in the gradient too (it recomputes them); nothing of size [N, K, D, D] or [N, N, D]
+is ever formed. Their gradients are hand-written reverse-mode rules (custom VJPs): use
+jax.grad / jax.vjp; forward-mode (jax.jvp, jacfwd, hessian) of a density is not supported.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from jax import lax
 from gje_jax import _validation as v
 from gje_jax import linalg
 
-# [K, n, D] float32 elements per chunk (2 MiB): small chunks reuse cache-resident buffers
-# (fresh large buffers cost page faults on CPU: 2x slower gradients at K = 16, measured).
-# Larger problems are evaluated in N-chunks.
+# Whitened residuals (float32) per chunk in the forward pass, 2 MiB: chunks reuse cache-
+# resident buffers (fresh large buffers cost page faults on CPU: 2x slower gradients at
+# K = 16, measured). The gradient's chunks are twice as large: with three GEMMs per chunk
+# it measured 10-20 % faster that way at K = 16, 64, 256, the forward 10 % slower.
 CHUNK_ELEMENTS = 1 << 19
 
 
@@ -60,7 +63,8 @@ def component_log_probs(
       z: [N, D] points.
       means: [K, D].
       scale_trils: [K, D, D] lower Cholesky factors.
-      chunk_elements: bound on K * rows * D per chunk of the whitened residuals.
+      chunk_elements: bound on K * rows * D per chunk of the whitened residuals (twice
+        that in the gradient).
 
     Returns:
       (log_probs [N, K], mahalanobis [N, K]) in float32, the squared distances
@@ -78,42 +82,151 @@ def component_log_probs(
     _check_params(jnp.zeros(means.shape[:1], means.dtype), means, scale_trils)
     k, d = means.shape
     z = _check_points(z, d, "z")
-    w = linalg.tril_inverse(scale_trils)  # [K, D, D]
-    w_mu = jnp.einsum("kde,ke->kd", w, means)
     log_norm = -linalg.half_logdet(scale_trils) - 0.5 * d * linalg.LOG_2PI  # [K]
-
-    def chunk(zc):
-        resid = _whiten(w, zc) - w_mu  # [n, K, D]
-        maha = jnp.sum(resid * resid, axis=-1)  # [n, K]
-        return jnp.concatenate([log_norm - 0.5 * maha, maha], axis=-1)
-
-    out = _map_over_rows(chunk, z, _rows_per_chunk(k, d, chunk_elements))
-    return out[:, :k], out[:, k:]
+    maha = _distances(z, means, scale_trils, None, chunk_elements)
+    return log_norm - 0.5 * maha, maha
 
 
-_TRI_BLOCK = 64  # Row-block size of the triangular product for large D.
+# From this many components on, residuals are laid out [n, D, K] (component axis minor): the
+# sum over D then vectorises across components; below it, [n, K, D] and a minor-axis sum.
+_COMPONENT_MINOR_MIN = 8
 
 
-def _whiten(w: jax.Array, z: jax.Array) -> jax.Array:
-    """W_k z_n for lower-triangular W [K, D, D] and points z [n, D], as [n, K, D].
+def _residuals(zc, mat, off, k, component_minor):
+    """Whitened residuals W_k (z_n - mu_k) of a chunk zc [n, D], as [n, D, K] or [n, K, D].
+    mat: [D * K, D] the rows of every W_k in that order; off: [D * K] the whitened means."""
+    y = zc @ mat.T - off
+    d = zc.shape[1]
+    return y.reshape((-1, d, k) if component_minor else (-1, k, d))
 
-    Small D: one [n, D] x [D, K*D] GEMM (much faster on CPU than K small batched
-    matmuls). Large D: each row block of W multiplies only the columns up to its
-    diagonal block, so the product costs ~ (1/2 + 1/(2m)) of the dense one (m blocks),
-    close to a triangular solve's N*D^2 flops but still pure GEMMs.
+
+def _chunked(x: jax.Array, rows: int) -> jax.Array:
+    n = x.shape[0]
+    num = -(-n // rows)
+    return jnp.pad(x, [(0, num * rows - n)] + [(0, 0)] * (x.ndim - 1)).reshape((num, rows) + x.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _mahalanobis(z, mat, off, rows: int, k: int, component_minor: bool) -> jax.Array:
+    """|W_k z_n - W_k mu_k|^2: [N, K]. z: [N, D]; mat, off: see `_residuals`; rows: points
+    per chunk (twice that in the gradient). One GEMM per chunk; the gradient recomputes the
+    residuals chunk by chunk instead of storing them, so [N, K, D] never lives in memory."""
+    axis = 1 if component_minor else 2
+    return _map_over_rows(lambda zc: jnp.sum(jnp.square(_residuals(zc, mat, off, k, component_minor)), axis), z, rows)
+
+
+def _mahalanobis_fwd(z, mat, off, rows, k, component_minor):
+    return _mahalanobis(z, mat, off, rows, k, component_minor), (z, mat, off)
+
+
+def _mahalanobis_bwd(rows, k, component_minor, res, g):
+    z, mat, off = res
+    n = z.shape[0]
+    rows = max(1, min(2 * rows, n))  # see CHUNK_ELEMENTS
+    g_axis = 1 if component_minor else 2
+
+    def body(carry, xs):
+        zc, gc = xs
+        dmat, doff = carry
+        y = _residuals(zc, mat, off, k, component_minor)
+        yb = (2.0 * jnp.expand_dims(gc, g_axis) * y).reshape(zc.shape[0], -1)  # d|y|^2 / dy
+        return (dmat + yb.T @ zc, doff - jnp.sum(yb, axis=0)), yb @ mat
+
+    init = (jnp.zeros_like(mat), jnp.zeros_like(off))
+    (dmat, doff), dz = lax.scan(body, init, (_chunked(z, rows), _chunked(g, rows)))
+    return dz.reshape(-1, z.shape[1])[:n], dmat, doff
+
+
+_mahalanobis.defvjp(_mahalanobis_fwd, _mahalanobis_bwd)
+
+
+@jax.custom_vjp
+def _mahalanobis_one(z: jax.Array, mean: jax.Array, scale_tril: jax.Array) -> jax.Array:
+    """K = 1: |L^{-1}(z_n - mu)|^2 by one unbatched triangular solve. z: [N, D]; mean: [D];
+    scale_tril: [D, D]. Returns [N].
+
+    A single Gaussian is the one case where LAPACK/cuBLAS trsm (N*D^2 flops at close to
+    matmul speed) beats GEMMs with W = L^{-1}; see `_row_solver` for why it stays safe
+    under vmap.
     """
-    k, d, _ = w.shape
-    # Blocking measured faster for K > 1 (8192 x 8 x 256: fwd 108 -> 70 ms, grad 469 -> 364 ms
-    # on 2 CPU cores) but slower in the gradient for K = 1 (D = 512: 73 -> 89 ms).
-    m = min(4, d // _TRI_BLOCK) if k > 1 else 1
-    if m < 2:
-        return (z @ w.reshape(k * d, d).T).reshape(-1, k, d)
-    edges = [round(i * d / m) for i in range(m + 1)]
-    parts = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        rows = w[:, lo:hi, :hi].reshape(k * (hi - lo), hi)
-        parts.append((z[:, :hi] @ rows.T).reshape(-1, k, hi - lo))
-    return jnp.concatenate(parts, axis=2)
+    return _mahalanobis_one_fwd(z, mean, scale_tril)[0]
+
+
+def _row_solver(trans: int):
+    """solve(L [D, D], r [N, D]) -> L^{-1} r_n (trans=0) or L^{-T} r_n (trans=1) per row.
+
+    Unbatched it is one LAPACK/cuBLAS triangular solve with N right-hand sides. Under vmap it
+    never becomes a *batched* LAPACK call (whose gradients deadlock jaxlib 0.10.x on 2 cores,
+    measured: two vmapped K = 1 densities in one gradient hung): a batch of right-hand sides
+    folds into the rows of one solve, and a batch of factors uses matmuls with the triangular
+    inverse (`linalg.tril_inverse`) instead.
+    """
+
+    def unbatched(scale_tril, r):
+        # A vmap over rows: its batching rule hands LAPACK one solve with N right-hand sides in
+        # the layout it runs fastest (measured faster than transposing to [D, N] ourselves).
+        return jax.vmap(lambda x: jax.scipy.linalg.solve_triangular(scale_tril, x, lower=True, trans=trans))(r)
+
+    solve = jax.custom_batching.custom_vmap(unbatched)
+
+    @solve.def_vmap
+    def _rule(axis_size, in_batched, scale_tril, r):
+        l_batched, r_batched = in_batched
+        if not r_batched:
+            r = jnp.broadcast_to(r, (axis_size,) + r.shape)
+        if not l_batched:
+            return solve(scale_tril, r.reshape(-1, r.shape[-1])).reshape(r.shape), True
+        w = linalg.tril_inverse(scale_tril)  # [B, D, D]
+        return jnp.einsum("bed,bne->bnd" if trans else "bde,bne->bnd", w, r), True
+
+    return solve
+
+
+_solve_rows = _row_solver(0)
+_solve_rows_transposed = _row_solver(1)
+
+
+def _mahalanobis_one_fwd(z, mean, scale_tril):
+    y = _solve_rows(scale_tril, z - mean)  # [N, D]
+    return jnp.sum(y * y, axis=1), (scale_tril, y)
+
+
+def _mahalanobis_one_bwd(res, g):
+    scale_tril, y = res
+    # r_bar = L^{-T} (2 g y): the cotangent of the residuals, one more solve.
+    r_bar = _solve_rows_transposed(scale_tril, 2.0 * g[:, None] * y)
+    # dL = -tril(r_bar^T y): one dense GEMM (row-blocked lower-triangle-only GEMMs measured
+    # 1.5x slower on CPU for D = 512).
+    return r_bar, -jnp.sum(r_bar, axis=0), -jnp.tril(r_bar.T @ y)
+
+
+_mahalanobis_one.defvjp(_mahalanobis_one_fwd, _mahalanobis_one_bwd)
+
+
+def _whitened_distances(z: jax.Array, w: jax.Array, means: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS):
+    """Squared Mahalanobis distances |W_k (z_n - mu_k)|^2 from whitening matrices W_k = L_k^{-1}.
+
+    z: [N, D]; w: [K, D, D] lower-triangular (zero above the diagonal); means: [K, D].
+    Returns [N, K] float32. Work: one [n, D] x [D, K D] GEMM per chunk of n points, chunked
+    over N to at most `chunk_elements` residuals at a time, with a hand-written gradient that
+    recomputes rather than stores them. (Skipping the zero upper triangles with row-blocked
+    GEMMs saves flops but measured no faster on CPU.)
+    """
+    k, d = means.shape
+    minor = k >= _COMPONENT_MINOR_MIN
+    wmu = jnp.einsum("kde,ke->kd", w, means)
+    if minor:
+        w, wmu = jnp.swapaxes(w, 0, 1), wmu.T  # [D, K, D], [D, K]
+    return _mahalanobis(z, w.reshape(k * d, d), wmu.reshape(-1), _rows_per_chunk(k, d, chunk_elements), k, minor)
+
+
+def _distances(z, means, scale_trils, w, chunk_elements):
+    """[N, K] squared Mahalanobis distances: one triangular solve for K = 1, else GEMMs with
+    W = L^{-1} (passed as w when the caller already has it)."""
+    if means.shape[0] == 1:
+        return _mahalanobis_one(z, means[0], jnp.tril(scale_trils[0]))[:, None]
+    w = linalg.tril_inverse(scale_trils) if w is None else w
+    return _whitened_distances(z, w, means, chunk_elements=chunk_elements)
 
 
 def _check_params(log_weights, means, scale_trils) -> None:
@@ -234,7 +347,10 @@ class GaussianMixture:
 
     def log_prob(self, z: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
         """log p(z). z: [N, D] -> [N] float32."""
-        return jax.nn.logsumexp(self._joint_logits(z, chunk_elements), axis=-1)
+        logits = self._joint_logits(z, chunk_elements)
+        if self.num_components == 1:  # one Gaussian: skip the logsumexp pass over N
+            return logits[:, 0]
+        return jax.nn.logsumexp(logits, axis=-1)
 
     def responsibilities(self, z: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
         """Posterior component probabilities gamma_nk. z: [N, D] -> [N, K]."""
@@ -304,18 +420,19 @@ class GaussianMixture:
         l_tt = self.chols[:, split:, split:]
         mu_c, mu_t = self.means[:, :split], self.means[:, split:]
         w_cc = linalg.tril_inverse(l_cc)
-        w_mu = jnp.einsum("kde,ke->kd", w_cc, mu_c)
         log_norm = -linalg.half_logdet(l_cc) - 0.5 * split * linalg.LOG_2PI
-        log_pi = self.normalized_log_weights()
-
-        def chunk(cc):
-            u = jnp.einsum("kde,ne->knd", w_cc, cc) - w_mu[:, None, :]  # [K, n, d_c]
-            logits = log_pi + log_norm + (-0.5 * jnp.sum(u * u, axis=-1)).T  # [n, K]
-            means = mu_t[:, None, :] + jnp.einsum("kde,kne->knd", l_tc, u)  # [K, n, d_t]
-            return jnp.concatenate([logits[..., None], jnp.swapaxes(means, 0, 1)], axis=-1)
-
-        out = _map_over_rows(chunk, c, _rows_per_chunk(k, d, chunk_elements))
-        return ConditionalMixture(jax.nn.log_softmax(out[..., 0], axis=-1), out[..., 1:], l_tt)
+        maha = _distances(c, mu_c, l_cc, w_cc, chunk_elements)  # [N, K]
+        logits = self.normalized_log_weights() + log_norm - 0.5 * maha
+        # m_k(c) = b_k + G_k c with the gain G_k = L_tc,k L_cc,k^{-1} [d_t, d_c] formed once:
+        # every component's conditional mean is then one [N, d_c + 1] x [d_c + 1, K d_t] GEMM
+        # (c with a column of ones, so the offsets b_k ride in the GEMM instead of costing
+        # another pass over the [N, K, d_t] output: 2x faster on CPU, measured).
+        gain = l_tc @ w_cc
+        offset = mu_t - jnp.einsum("kde,ke->kd", gain, mu_c)
+        rhs = jnp.concatenate([gain.reshape(k * (d - split), split), offset.reshape(-1, 1)], axis=1)
+        c1 = jnp.concatenate([c, jnp.ones((c.shape[0], 1), c.dtype)], axis=1)
+        means = (c1 @ rhs.T).reshape(-1, k, d - split)
+        return ConditionalMixture(jax.nn.log_softmax(logits, axis=-1), means, l_tt)
 
     def marginal(self, start: int, stop: int) -> GaussianMixture:
         """Marginal over z[start:stop]. A leading block reuses L directly; any other

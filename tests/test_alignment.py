@@ -83,7 +83,12 @@ def test_two_branch_gmje_recovers_modes_predictor_lands_between(tmp_path):
 def test_control_gje_matches_the_true_conditional(tmp_path):
     config = _small_alignment(methods=("GJE batch, lambda_geo=1",), run_tasks=("control",))
     (row,) = alignment.run(config, str(tmp_path), progress=False)
-    assert abs(row["nll"] - row["truth_nll"]) <= 0.05 * abs(row["truth_nll"]), row
+    # Within 0.05 nats of the true conditional (the README's full-size run: +4 %, 0.009 nats).
+    # This 800-step run's gap is 0.01-0.05 nats at seeds 0-6 but one (0.06-0.11), and moves
+    # by ~0.01 with float-level changes to the kernels, so a 5 % (0.013 nats) bound here
+    # would test rounding; a GJE that ignored the c-t correlation (a marginal Gaussian for t)
+    # would be over 1.5 nats off (NLL 1.9, measured).
+    assert row["nll"] - row["truth_nll"] <= 0.05, row
 
 
 def test_trap_naive_collapses_while_geometry_keeps_rank(tmp_path):

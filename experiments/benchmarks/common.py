@@ -31,6 +31,35 @@ def time_call(fn, *args, min_time: float = 0.5, max_reps: int = 50) -> float:
     return 1e3 * float(np.median(times))
 
 
+def time_interleaved(fns: dict, min_time: float = 1.0, min_rounds: int = 7, max_rounds: int = 60, seed: int = 0):
+    """Times several no-argument callables side by side: each round calls every one once in a
+    shuffled order, so a change in background load hits all of them alike.
+
+    Returns {name: median ms} and {name: per-round times in ms} (results blocked on).
+    """
+    import jax
+
+    names = list(fns)
+    for name in names:  # warm-up
+        jax.block_until_ready(fns[name]())
+    rng = np.random.default_rng(seed)
+    times = {name: [] for name in names}
+    start = time.perf_counter()
+    while len(times[names[0]]) < min_rounds or (
+        time.perf_counter() - start < min_time * len(names) and len(times[names[0]]) < max_rounds
+    ):
+        for i in rng.permutation(len(names)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[names[i]]())
+            times[names[i]].append(1e3 * (time.perf_counter() - t0))
+    return {name: float(np.median(t)) for name, t in times.items()}, times
+
+
+def ratio(times: dict, ref: str, ours: str = "ours") -> float:
+    """Median over rounds of ref's time / ours in the same round (robust to drifting load)."""
+    return float(np.median(np.asarray(times[ref]) / np.asarray(times[ours])))
+
+
 def compile_time(jitted, *args):
     """(compiled executable, seconds to lower and compile)."""
     t0 = time.perf_counter()

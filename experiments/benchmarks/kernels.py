@@ -1,6 +1,6 @@
 r"""Speed of the core kernels against reference implementations, measured in one run.
 
-  python -m experiments.benchmarks.kernels [--quick] [--out=FILE.md]
+  python -m experiments.benchmarks.kernels [--quick] [--repeats=3] [--out=FILE.md]
 
 Mixture log-density (forward, and value + gradient w.r.t. points, means, factors and
 logits) of ours vs TFP-on-JAX `MixtureSameFamily(MultivariateNormalTriL)`, distrax,
@@ -10,11 +10,17 @@ conditional means and covariances) vs the naive jnp version and a float64 numpy/
 `cho_solve` version. Prints each reference's time / ours (> 1: ours faster), our GFLOP/s
 against a jnp matmul measured in the same run, and the compiled temporary memory of our
 gradient against the [K, N, D] whitened-residual bound.
+
+Timing: the JAX implementations of one size are called in shuffled rounds (one call each per
+round) and each ratio is the median of per-round ratios, so load that drifts during the run
+hits all alike; this is repeated `--repeats` times and the median and range reported (on a
+shared 2-core VM, separate runs of one call differ by up to 1.5x).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 
@@ -99,32 +105,51 @@ def _grad_of(fn):
     return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a)), argnums=(0, 1, 2, 3)))
 
 
-def bench_log_density(sizes, ceiling):
+def bench_log_density(sizes, ceiling, repeats):
     rows = []
     for n, k, d in sizes:
         args = tuple(jnp.asarray(a) for a in _inputs(n, k, d))
         nominal = k * (n * d * d + d**3 / 3)
         impls = {"ours": ours, "naive_inv": naive, "tfp": make_tfp(), "distrax": make_distrax()}
-        res = {}
+        fwd_calls, grad_calls, err = {}, {}, {}
         ref_val = None
         for name, fn in impls.items():
             fwd, _ = common.compile_time(jax.jit(fn), *args)
             grad, _ = common.compile_time(_grad_of(fn), *args)
             val = np.asarray(fwd(*args))
             ref_val = val if ref_val is None else ref_val
-            res[name] = (
-                common.time_call(fwd, *args),
-                common.time_call(grad, *args),
-                float(np.max(np.abs(val - ref_val) / (1 + np.abs(ref_val)))),
-            )
+            err[name] = float(np.max(np.abs(val - ref_val) / (1 + np.abs(ref_val))))
+            fwd_calls[name] = functools.partial(fwd, *args)
+            grad_calls[name] = functools.partial(grad, *args)
             if name == "ours":
                 temp = grad.memory_analysis().temp_size_in_bytes if grad.memory_analysis() else float("nan")
         sk = sklearn_fn(*[np.asarray(a) for a in args[1:]])
         z64 = np.asarray(args[0])
-        res["sklearn"] = (common.time_call(lambda: sk(z64)), float("nan"), 0.0)
-        f_ours, g_ours, _ = res["ours"]
-        best_fwd = min(v[0] for kk, v in res.items() if kk != "ours")
-        best_grad = min(v[1] for kk, v in res.items() if kk not in ("ours", "sklearn"))
+        # Interleaved: every round calls each JAX implementation once, so drifting background
+        # load hits all alike; ratios are medians of per-round ratios, then the median over
+        # `repeats` such measurements (their spread is reported). scikit-learn runs apart: its
+        # BLAS threads keep spinning after a call and would slow whatever follows.
+        fwd_r, grad_r, fwd_abs, grad_abs = [], [], [], []
+        for rep in range(repeats):
+            fwd_ms, fwd_t = common.time_interleaved(fwd_calls, seed=rep)
+            grad_ms, grad_t = common.time_interleaved(grad_calls, seed=rep)
+            fwd_ms["sklearn"] = common.time_call(functools.partial(sk, z64))
+            ratios = {r: common.ratio(fwd_t, r) for r in fwd_t if r != "ours"}
+            ratios["sklearn"] = fwd_ms["sklearn"] / fwd_ms["ours"]
+            fwd_r.append(ratios)
+            grad_r.append({r: common.ratio(grad_t, r) for r in grad_t if r != "ours"})
+            fwd_abs.append(fwd_ms)
+            grad_abs.append(grad_ms)
+        med = lambda dicts, key: float(np.median([x[key] for x in dicts]))
+        fwd_ratio = {r: med(fwd_r, r) for r in fwd_r[0]}
+        grad_ratio = {r: med(grad_r, r) for r in grad_r[0]}
+        f_ours, g_ours = med(fwd_abs, "ours"), med(grad_abs, "ours")
+        # The fastest reference is the one ours is slowest against (smallest ratio).
+        best_fwd = min(fwd_ratio, key=fwd_ratio.get)
+        best_grad = min(grad_ratio, key=grad_ratio.get)
+        spread = [min(x[best_fwd] for x in fwd_r), max(x[best_fwd] for x in fwd_r)]
+        spread += [min(x[best_grad] for x in grad_r), max(x[best_grad] for x in grad_r)]
+        worst_err = max(err.values())
         rows.append(
             [
                 n,
@@ -133,12 +158,14 @@ def bench_log_density(sizes, ceiling):
                 f"{f_ours:.2f}",
                 f"{g_ours:.2f}",
                 *(
-                    f"{res[r][0] / f_ours:.2f} / " + ("—" if math.isnan(res[r][1]) else f"{res[r][1] / g_ours:.2f}")
+                    f"{fwd_ratio[r]:.2f} / " + (f"{grad_ratio[r]:.2f}" if r in grad_ratio else "—")
                     for r in ("tfp", "distrax", "sklearn", "naive_inv")
                 ),
-                f"{best_fwd / f_ours:.2f} / {best_grad / g_ours:.2f}",
+                f"{fwd_ratio[best_fwd]:.2f} ({best_fwd}) / {grad_ratio[best_grad]:.2f} ({best_grad})",
+                f"{spread[0]:.2f}-{spread[1]:.2f} / {spread[2]:.2f}-{spread[3]:.2f}",
                 f"{nominal / (f_ours * 1e-3) / 1e9:.1f} / {3 * nominal / (g_ours * 1e-3) / 1e9:.1f} of {ceiling:.0f}",
                 f"{temp / 2**20:.1f} MiB ({temp / (4 * n * k * d):.1f}x KND)",
+                f"{worst_err:.0e}",
             ]
         )
         print(f"  done N={n} K={k} D={d}", file=sys.stderr, flush=True)
@@ -153,8 +180,10 @@ def bench_log_density(sizes, ceiling):
         "sklearn",
         "naive_inv",
         "fastest ref / ours",
+        "its range over repeats",
         "ours GFLOP/s (fwd / grad)",
         "ours grad temp memory",
+        "max rel diff of values",
     ]
     return common.markdown_table(header, rows)
 
@@ -189,7 +218,7 @@ def numpy_condition(c, logits, means, chols, split):
     return out
 
 
-def bench_condition(sizes, ceiling):
+def bench_condition(sizes, ceiling, repeats):
     rows = []
     for n, k, d in sizes:
         if d < 2:
@@ -199,10 +228,12 @@ def bench_condition(sizes, ceiling):
         args = (jnp.asarray(z[:, :split]), jnp.asarray(logits), jnp.asarray(means), jnp.asarray(chols))
         f_ours = jax.jit(ours_condition, static_argnums=4)
         f_naive = jax.jit(naive_condition, static_argnums=4)
-        t_ours = common.time_call(f_ours, *args, split)
-        t_naive = common.time_call(f_naive, *args, split)
         c64 = z[:, :split].astype(np.float64)
-        t_np = common.time_call(lambda: numpy_condition(c64, logits, means, chols, split))
+        calls = {"ours": functools.partial(f_ours, *args, split), "naive_inv": functools.partial(f_naive, *args, split)}
+        reps = [common.time_interleaved(calls, seed=rep) for rep in range(repeats)]
+        t_ours = float(np.median([ms["ours"] for ms, _ in reps]))
+        naive_ratios = [common.ratio(times, "naive_inv") for _, times in reps]
+        t_np = common.time_call(functools.partial(numpy_condition, c64, logits, means, chols, split))
         m_ours = np.swapaxes(np.asarray(f_ours(*args, split)[1]), 0, 1)
         m_ref = np.stack([m for m, _ in numpy_condition(c64, logits, means, chols, split)])
         err = float(np.linalg.norm(m_ours - m_ref) / np.linalg.norm(m_ref))
@@ -213,7 +244,7 @@ def bench_condition(sizes, ceiling):
                 k,
                 d,
                 f"{t_ours:.2f}",
-                f"{t_naive / t_ours:.2f}",
+                f"{np.median(naive_ratios):.2f} ({min(naive_ratios):.2f}-{max(naive_ratios):.2f})",
                 f"{t_np / t_ours:.2f}",
                 f"{nominal / (t_ours * 1e-3) / 1e9:.1f} of {ceiling:.0f}",
                 f"{err:.1e}",
@@ -225,7 +256,7 @@ def bench_condition(sizes, ceiling):
             "K",
             "D (d_c = D/2)",
             "ours ms",
-            "naive_inv / ours",
+            "naive_inv / ours (range over repeats)",
             "numpy f64 / ours",
             "ours GFLOP/s",
             "rel err of means vs f64",
@@ -238,6 +269,7 @@ def main():
     parser = argparse.ArgumentParser(description="Core kernel benchmark")
     parser.add_argument("--quick", action="store_true", help="two small sizes (smoke run)")
     parser.add_argument("--out", default=None, help="also write the report here (Markdown)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per size (median reported)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else SIZES
     ceiling = common.matmul_gflops()
@@ -255,11 +287,11 @@ def main():
         "",
         "## Mixture log-density: ratios are reference time / ours (fwd / fwd+grad); > 1 means ours is faster",
         "",
-        bench_log_density(sizes, ceiling),
+        bench_log_density(sizes, ceiling, args.repeats),
         "",
         "## Conditional inference p(t | c) (responsibilities, means, factors)",
         "",
-        bench_condition(sizes, ceiling),
+        bench_condition(sizes, ceiling, args.repeats),
         "",
     ]
     text = "\n".join(report)
@@ -270,6 +302,7 @@ def main():
                 text
                 + "\n\nCommand: python -m experiments.benchmarks.kernels"
                 + (" --quick" if args.quick else "")
+                + (f" --repeats={args.repeats}" if args.repeats != 3 else "")
                 + "\n"
             )
 

@@ -51,6 +51,10 @@ def set_method(c: ml_collections.ConfigDict, method: str) -> None:
     m.num_components = 16
     m.objective = "joint"
     m.lambda_geo = 1.0
+    # GJE on images: the batch estimator falls into the trace trap here (a 256-image batch
+    # against a 128-D joint: effective rank 1.7 and kNN 30.2 after 800 steps, below the
+    # random encoder's 38.4); the EMA statistics keep rank ~30 (kNN 46.2, measured).
+    m.estimator = "ema"
     m.mdn_hidden = (256,)
     m.gng_capacity = 32
     m.gng_insert_every = 50
