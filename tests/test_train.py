@@ -194,13 +194,14 @@ def test_models_forward_backward(encoder, extra, projector):
         m[k] = v
     net = models.build_network(m)
     x = jnp.ones((2, 32, 32, 3)) if encoder != "mlp" else jnp.ones((2, 8))
-    variables = net.init(jax.random.key(0), x, train=False)
+    # Jitted init and gradient: one compilation is cheaper than dispatching a ResNet's ops one by one.
+    variables = jax.jit(lambda k, x: net.init(k, x, train=False))(jax.random.key(0), x)
 
     def f(params):
         out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
         return jnp.sum(out**2), out
 
-    (val, out), grads = jax.value_and_grad(f, has_aux=True)(variables["params"])
+    (val, out), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
     assert out.shape == (2, m.embed_dim)
     assert np.isfinite(val) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
