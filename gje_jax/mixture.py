@@ -37,11 +37,15 @@ def _map_over_rows(fn, x: jax.Array, rows_per_chunk: int) -> jax.Array:
     n = x.shape[0]
     if rows_per_chunk >= n:
         return fn(x)
-    num = -(-n // rows_per_chunk)
-    pad = num * rows_per_chunk - n
-    xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    out = lax.map(fn, xp.reshape((num, rows_per_chunk) + x.shape[1:]))
-    return out.reshape((num * rows_per_chunk,) + out.shape[2:])[:n]
+    out = lax.map(fn, _chunked(x, rows_per_chunk))
+    return out.reshape((-1,) + out.shape[2:])[:n]
+
+
+def _chunked(x: jax.Array, rows: int) -> jax.Array:
+    """[N, ...] -> [ceil(N / rows), rows, ...], zero-padded at the end."""
+    n = x.shape[0]
+    num = -(-n // rows)
+    return jnp.pad(x, [(0, num * rows - n)] + [(0, 0)] * (x.ndim - 1)).reshape((num, rows) + x.shape[1:])
 
 
 def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
@@ -98,12 +102,6 @@ def _residuals(zc, mat, off, k, component_minor):
     y = zc @ mat.T - off
     d = zc.shape[1]
     return y.reshape((-1, d, k) if component_minor else (-1, k, d))
-
-
-def _chunked(x: jax.Array, rows: int) -> jax.Array:
-    n = x.shape[0]
-    num = -(-n // rows)
-    return jnp.pad(x, [(0, num * rows - n)] + [(0, 0)] * (x.ndim - 1)).reshape((num, rows) + x.shape[1:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
