@@ -15,6 +15,7 @@ from gje_jax.gaussian import (
     gaussian_entropy,
     gaussian_mutual_information,
     ledoit_wolf,
+    pooled_variance,
     regularize,
 )
 from gje_jax.losses import (
@@ -51,6 +52,7 @@ __all__ = [
     "linalg",
     "losses",
     "models",
+    "pooled_variance",
     "regularize",
     "resampling",
     "sampling_metrics",

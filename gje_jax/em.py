@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from gje_jax import _validation as v
 from gje_jax import linalg
-from gje_jax.gaussian import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, regularize
+from gje_jax.gaussian import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, pooled_variance, regularize
 from gje_jax.mixture import GaussianMixture, component_log_probs
 
 
@@ -100,8 +100,10 @@ def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
     return idx
 
 
-def _factor(covs, eps_rel, eps_abs):
-    return linalg.cholesky(regularize(covs, eps_rel, eps_abs))
+def _factor(weights, means, covs, eps_rel, eps_abs, pooled_eps_rel):
+    # The pooled ridge is a floor relative to the whole mixture's spread (scale-equivariant).
+    pooled = pooled_eps_rel * pooled_variance(weights, means, covs) if pooled_eps_rel else 0.0
+    return linalg.cholesky(regularize(covs, eps_rel, eps_abs + pooled))
 
 
 def _batch_statistics(z: jax.Array, resp: jax.Array):
@@ -115,7 +117,7 @@ def _batch_statistics(z: jax.Array, resp: jax.Array):
     return nk / z.shape[0], mean, cov
 
 
-def _initialize(state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs) -> EMState:
+def _initialize(state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs, pooled_eps_rel) -> EMState:
     """k-means++ seeds, one hard assignment, per-cluster moments shrunk towards the
     batch covariance (so clusters with few points stay positive definite)."""
     k, d = state.means.shape
@@ -130,7 +132,8 @@ def _initialize(state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs) 
     mean = jnp.where(counts[:, None] > 0, mean, centres)
     cov = (counts[:, None, None] * cov + glob) / (counts[:, None, None] + 1.0)
     weights = (counts + 1.0) / (n + k)
-    return EMState(weights, mean, cov, _factor(cov, eps_rel, eps_abs), jnp.ones((), bool), state.num_reseeded)
+    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel)
+    return EMState(weights, mean, cov, chols, jnp.ones((), bool), state.num_reseeded)
 
 
 def update(
@@ -142,6 +145,7 @@ def update(
     dead_threshold: float | None = None,
     eps_rel: float = DEFAULT_EPS_REL,
     eps_abs: float = DEFAULT_EPS_ABS,
+    pooled_eps_rel: float = 0.0,
 ) -> tuple[EMState, dict[str, jax.Array]]:
     """One online-EM step on the batch z [N, D] (stop-gradient).
 
@@ -150,6 +154,11 @@ def update(
     components (weight < dead_threshold, default 1 / (10 K)) are re-seeded k-means++
     style at samples drawn with probability increasing in their NLL under the mixture.
     The first call on an uninitialised state seeds by k-means++ instead.
+
+    Each factor is of Sigma_k + eps I with eps = eps_rel tr(Sigma_k) / D + eps_abs
+    + pooled_eps_rel * `pooled_variance` (the mixture's average variance). Only the pooled
+    part bounds how tight a component can get relative to the spread of the embeddings;
+    without it, embeddings trained against the mixture can pack into K tight clusters.
 
     Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight'}).
 
@@ -169,9 +178,13 @@ def update(
         raise ValueError(f"z has D = {z.shape[1]} but the prototypes have D = {d}.")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
+    if not pooled_eps_rel >= 0.0:
+        raise ValueError(f"pooled_eps_rel must be >= 0, got {pooled_eps_rel!r}.")
     threshold = 1.0 / (10 * k) if dead_threshold is None else dead_threshold
     k_init, k_seed = jax.random.split(key)
-    state = jax.lax.cond(state.initialized, lambda s: s, lambda s: _initialize(s, z, k_init, eps_rel, eps_abs), state)
+    state = jax.lax.cond(
+        state.initialized, lambda s: s, lambda s: _initialize(s, z, k_init, eps_rel, eps_abs, pooled_eps_rel), state
+    )
     log_w = jnp.log(jnp.maximum(state.weights, 1e-30))
     comp, _ = component_log_probs(z, state.means, state.chols)
     joint = log_w + comp
@@ -199,7 +212,8 @@ def update(
     cov = jnp.where(dead[:, None, None], alive_cov, cov)
     weights = jnp.where(dead, 1.0 / k, weights)
     weights = weights / jnp.sum(weights)
-    new = EMState(weights, mean, cov, _factor(cov, eps_rel, eps_abs), state.initialized, state.num_reseeded)
+    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel)
+    new = EMState(weights, mean, cov, chols, state.initialized, state.num_reseeded)
     new = new.replace(num_reseeded=state.num_reseeded + jnp.sum(dead).astype(jnp.int32))
     metrics = {
         "em_log_likelihood": jnp.mean(log_p),

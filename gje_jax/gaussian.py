@@ -60,6 +60,33 @@ def regularize(cov: jax.Array, eps_rel: float = DEFAULT_EPS_REL, eps_abs: float 
     return cov + eps[..., None, None] * jnp.eye(d, dtype=cov.dtype)
 
 
+def pooled_variance(weights: jax.Array, means: jax.Array, covs: jax.Array) -> jax.Array:
+    """Average variance tr(Cov[z]) / D of a mixture's whole distribution.
+
+    Args:
+      weights: [K] non-negative, summing to one (zero for unused components);
+      means: [K, D]; covs: [K, D, D] component covariances.
+
+    Returns:
+      [] = sum_k w_k (tr Sigma_k + |mu_k - m|^2) / D with m = sum_k w_k mu_k (the law of
+      total variance, centred so a far-away mixture loses no precision in float32).
+
+    A ridge proportional to this, added to every component, is a floor on how tight a
+    component may get *relative to the spread of the whole mixture*; a ridge relative to the
+    component's own trace is not, and a mixture fitted to embeddings that are trained
+    against it can then win without bound by packing them into K tight clusters.
+
+    Example:
+      >>> w, mu = jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]])
+      >>> float(gje_jax.pooled_variance(w, mu, jnp.zeros((2, 2, 2))))    # (1 + 0) / 2
+      0.5
+    """
+    w = v.as_float(weights, "weights")
+    m = w @ means
+    spread = jnp.sum((means - m) ** 2, axis=-1) + jnp.trace(covs, axis1=-2, axis2=-1)
+    return (w @ spread) / means.shape[-1]
+
+
 def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Ledoit-Wolf shrinkage of the covariance towards mu I (as sklearn's
     `covariance.ledoit_wolf` with assume_centered=False).

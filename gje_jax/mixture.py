@@ -581,6 +581,33 @@ class ConditionalMixture:
             noise = jnp.einsum("qsk,qskd->qsd", onehot, jnp.einsum(spec, self.chols, eps))
         return loc + noise
 
+    def add_variance(self, variance: jax.Array | float) -> ConditionalMixture:
+        """The same mixture with every component covariance widened to S_k + variance * I.
+
+        variance: [] or [N] (one per query), >= 0. Diagonal scales become
+        sqrt(s^2 + variance); full factors are refactorised (K or N * K factors of
+        [d_t, d_t], the layout the mixture already holds).
+
+        Example:
+          >>> cond = gje_jax.ConditionalMixture(jnp.zeros((1, 1)), jnp.zeros((1, 1, 2)), jnp.full((1, 1, 2), 3.0), diagonal=True)
+          >>> cond.add_variance(16.0).chols.tolist()               # sqrt(9 + 16)
+          [[[5.0, 5.0]]]
+        """
+        self.check_shapes()
+        var = jnp.asarray(variance, self.means.dtype)
+        if var.ndim > 1 or (var.ndim == 1 and var.shape[0] != self.num_queries):
+            raise ValueError(f"variance must be a scalar or [N] = [{self.num_queries}], got {tuple(var.shape)}.")
+        if self.diagonal:
+            per_query = var.reshape(var.shape + (1, 1))
+            return self.replace(chols=jnp.sqrt(self.chols * self.chols + per_query))
+        if var.ndim == 1 and self.chols.ndim == 3:  # shared factors become per-query ones
+            covs = jnp.broadcast_to(self._covs(), (self.num_queries,) + self.chols.shape)
+        else:
+            covs = self._covs()
+        eye = jnp.eye(self.dim, dtype=covs.dtype)
+        var = var.reshape(var.shape + (1,) * (covs.ndim - var.ndim))
+        return self.replace(chols=linalg.cholesky(covs + var * eye))
+
     def modes(self) -> tuple[jax.Array, jax.Array]:
         """Components ranked by responsibility: (weights [N, K], means [N, K, d_t]),
         highest weight first."""

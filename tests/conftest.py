@@ -18,8 +18,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gje_jax_jit_cache_")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
-import jax  # noqa: E402
+# Tests run small problems: compile time dominates, so skip most XLA optimisations (as the
+# flax examples' tests do). Set through the environment so the subprocesses and notebook
+# kernels that tests start inherit it too.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-# Tests run small problems: compile time dominates, so skip most XLA optimisations
-# (as the flax examples' tests do).
-jax.config.update("jax_disable_most_optimizations", True)
+import jax  # noqa: E402,F401

@@ -61,6 +61,27 @@ def test_mutual_information_rejects_mixtures_and_bad_split():
         gje_jax.gaussian_mutual_information(one, 3)
 
 
+def test_pooled_variance_is_the_law_of_total_variance():
+    rng = np.random.default_rng(3)
+    k, d = 4, 5
+    w = rng.dirichlet(np.ones(k))
+    mu = rng.normal(size=(k, d)) * 3
+    covs = np.stack([random_spd(rng, d) for _ in range(k)])
+    # Textbook, uncentred: Cov = sum_k w_k (Sigma_k + mu_k mu_k^T) - m m^T, in float64.
+    m = w @ mu
+    total = np.einsum("k,kde->de", w, covs + np.einsum("kd,ke->kde", mu, mu)) - np.outer(m, m)
+    got = gje_jax.pooled_variance(
+        jnp.asarray(w, jnp.float32), jnp.asarray(mu, jnp.float32), jnp.asarray(covs, jnp.float32)
+    )
+    np.testing.assert_allclose(float(got), np.trace(total) / d, rtol=1e-5)
+    # Far from the origin the centred form keeps float32 precision (the uncentred one
+    # would lose it: |mu|^2 ~ 1e8 against a variance ~ 10).
+    far = gje_jax.pooled_variance(
+        jnp.asarray(w, jnp.float32), jnp.asarray(mu + 1e4, jnp.float32), jnp.asarray(covs, jnp.float32)
+    )
+    np.testing.assert_allclose(float(far), np.trace(total) / d, rtol=1e-3)
+
+
 def test_ema_statistics_follow_the_recurrence():
     rng = np.random.default_rng(4)
     batches = [rng.normal(size=(64, 3)) + i for i in range(4)]

@@ -6,13 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
+import scipy.stats
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture as SkGMM
 
+from experiments.configs.common import base_config
 from gje_jax import ConditionalMixture, em, gng
 from gje_jax.models import MDNHead
+from gje_jax.train.methods import Embeddings, get_method
+from tests.helpers import random_spd
 
 
 def _run_gng(xs, capacity, batch=500, cfg=None):
@@ -126,6 +131,54 @@ def test_online_em_reseeds_dead_components_and_kmeanspp_spreads():
     assert float(new.weights[1]) > 0.3
 
 
+def _min_eig_over_pooled(gm, weights, means, covs):
+    """Smallest eigenvalue of each component covariance of gm, and the mixture's pooled
+    average variance, both in float64 numpy."""
+    weights, means, covs = (np.asarray(x, np.float64) for x in (weights, means, covs))
+    m = weights @ means
+    total = np.einsum("k,kde->de", weights, covs + np.einsum("kd,ke->kde", means - m, means - m))
+    chols = np.asarray(gm.chols, np.float64)
+    return np.linalg.eigvalsh(chols @ np.swapaxes(chols, 1, 2)).min(axis=1), np.trace(total) / means.shape[1]
+
+
+def test_pooled_ridge_floors_every_component_relative_to_the_spread():
+    # Two tight clusters far apart: without the pooled ridge the components are ~1e-4 wide.
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(size=(256, 3)) * 0.01 - 5, rng.normal(size=(256, 3)) * 0.01 + 5]).astype(np.float32)
+    for rel in (0.0, 0.3):
+        state = em.EMState.create(jax.random.key(1), 2, 3)
+        state, _ = em.update(state, jnp.asarray(z), jax.random.key(2), eps_rel=0.0, eps_abs=0.0, pooled_eps_rel=rel)
+        low, pooled = _min_eig_over_pooled(state.mixture(), state.weights, state.means, state.covs)
+        if rel:
+            np.testing.assert_array_less(rel * pooled * (1 - 1e-4), low)
+        else:
+            assert low.max() < 1e-3 * pooled
+        # Scale-equivariant: 10x the embeddings gives 10x the factors.
+        big, _ = em.update(
+            em.EMState.create(jax.random.key(1), 2, 3),
+            jnp.asarray(10 * z),
+            jax.random.key(2),
+            eps_rel=0.0,
+            eps_abs=0.0,
+            pooled_eps_rel=rel,
+        )
+        np.testing.assert_allclose(np.asarray(big.chols), 10 * np.asarray(state.chols), rtol=1e-3, atol=1e-6)
+    # GNG's mixture view, over its active nodes only.
+    g, _ = gng.update(gng.GNGState.create(6, 3), jnp.asarray(z), gng.GNGConfig(insert_every=50))
+    act = np.asarray(g.active)
+    share = np.where(act, np.asarray(g.wins), 0.0)
+    gm = gng.mixture(g, floor=0.0, pooled_eps_rel=0.3)
+    low, pooled = _min_eig_over_pooled(
+        gm, share / share.sum(), np.asarray(g.nodes), np.where(act[:, None, None], np.asarray(g.covs), 0.0)
+    )
+    np.testing.assert_array_less(0.3 * pooled * (1 - 1e-4), low[act])
+    assert np.isneginf(np.asarray(gm.log_weights)[~act]).all()
+    with pytest.raises(ValueError, match="pooled_eps_rel"):
+        gng.mixture(g, pooled_eps_rel=-1.0)
+    with pytest.raises(ValueError, match="pooled_eps_rel"):
+        em.update(state, jnp.asarray(z), jax.random.key(0), pooled_eps_rel=-0.1)
+
+
 def test_conditional_mixture_diagonal_equals_full():
     rng = np.random.default_rng(0)
     n, k, d = 5, 3, 4
@@ -140,6 +193,72 @@ def test_conditional_mixture_diagonal_equals_full():
     np.testing.assert_allclose(diag.sample(jax.random.key(0), 7), full.sample(jax.random.key(0), 7), atol=1e-5)
     with pytest.raises(ValueError, match="diagonal scales must have shape"):
         ConditionalMixture(lw, means, scales[:, :, :2], diagonal=True).log_prob(t)
+
+
+def test_add_variance_widens_every_layout_like_scipy():
+    rng = np.random.default_rng(1)
+    n, k, d = 4, 3, 3
+    lw = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(n, k)), jnp.float32))
+    means = rng.normal(size=(n, k, d)).astype(np.float32)
+    scales = rng.uniform(0.2, 2.0, size=(n, k, d)).astype(np.float32)
+    shared = np.stack([np.linalg.cholesky(random_spd(rng, d)) for _ in range(k)]).astype(np.float32)
+    per_query = np.stack([np.stack([np.linalg.cholesky(random_spd(rng, d)) for _ in range(k)]) for _ in range(n)])
+    t = rng.normal(size=(n, d)).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, size=n).astype(np.float32)
+    layouts = {
+        "diag": (
+            ConditionalMixture(lw, jnp.asarray(means), jnp.asarray(scales), diagonal=True),
+            np.einsum("nkd,de->nkde", scales**2, np.eye(d)),
+        ),
+        "shared": (
+            ConditionalMixture(lw, jnp.asarray(means), jnp.asarray(shared)),
+            np.broadcast_to(shared @ shared.transpose(0, 2, 1), (n, k, d, d)),
+        ),
+        "per_query": (
+            ConditionalMixture(lw, jnp.asarray(means), jnp.asarray(per_query, jnp.float32)),
+            per_query @ per_query.transpose(0, 1, 3, 2),
+        ),
+    }
+    for name, (cond, covs) in layouts.items():
+        for v_ in (1.5, var):  # one variance for all queries, or one per query
+            wide = cond.add_variance(jnp.asarray(v_))
+            vq = np.broadcast_to(np.asarray(v_, np.float64), (n,))
+            ref = [
+                scipy.special.logsumexp(
+                    [
+                        np.asarray(lw)[i, j]
+                        + scipy.stats.multivariate_normal(means[i, j], covs[i, j] + vq[i] * np.eye(d)).logpdf(t[i])
+                        for j in range(k)
+                    ]
+                )
+                for i in range(n)
+            ]
+            np.testing.assert_allclose(wide.log_prob(jnp.asarray(t)), ref, rtol=1e-5, atol=1e-5, err_msg=name)
+            # Law of total variance: the mixture's covariance grows by exactly variance * I.
+            np.testing.assert_allclose(
+                wide.covariance(), cond.covariance() + vq[:, None, None] * np.eye(d), rtol=1e-4, atol=1e-5
+            )
+    with pytest.raises(ValueError, match="scalar or"):
+        layouts["diag"][0].add_variance(jnp.ones((n + 1,)))
+
+
+def test_mdn_pooled_ridge_tracks_the_target_variance():
+    m = base_config().method
+    m.name, m.num_components, m.mdn_hidden, m.pooled_eps_rel, m.momentum = "gmje_mdn", 3, (8,), 0.5, 0.9
+    method = get_method(m)
+    params, state = method.init(jax.random.key(0), 2, 2)
+    a, b = jax.random.normal(jax.random.key(1), (2, 64, 2))
+    emb = Embeddings(a, 3 * b)
+    loss, _ = method.loss(params, state, emb)
+    assert np.isfinite(float(loss))
+    state, _ = method.update(state, emb, None, jax.random.key(2))
+    np.testing.assert_allclose(float(state["target_var"]), np.var(3 * np.asarray(b), axis=0).mean(), rtol=1e-5)
+    state2, _ = method.update(state, Embeddings(a, b), None, jax.random.key(3))
+    expect = 0.9 * np.var(3 * np.asarray(b), axis=0).mean() + 0.1 * np.var(np.asarray(b), axis=0).mean()
+    np.testing.assert_allclose(float(state2["target_var"]), expect, rtol=1e-5)
+    # Inference sees the same floor: every predicted variance >= 0.5 * the tracked variance.
+    scales = method.conditional(params, state2, a).chols
+    assert float(jnp.min(scales**2)) >= 0.5 * expect * (1 - 1e-5)
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])

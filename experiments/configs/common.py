@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
         # gmje_em: online EM prototypes (num_components of them)
         em_momentum=0.9,  # EMA of the sufficient statistics (also GNG's statistics)
         dead_threshold=0.0,  # weight below which a component is re-seeded; 0 = 1 / (10 K)
+        # gmje_em, gmje_gng, gmje_mdn: ridge on every component of pooled_eps_rel x the average
+        # variance of the mixture (EM, GNG) or of the targets (MDN): a floor on how tight a
+        # component may get relative to the embeddings' spread
+        pooled_eps_rel=0.0,
         # gmje_mdn: conditional mixture density network (num_components outputs)
         mdn_covariance="diag",  # diag | full
         mdn_hidden=(128,),

@@ -101,6 +101,7 @@ def validate(config, num_devices: int = 1) -> None:
         "method.dead_threshold",
         "method.rejuvenation",
         "method.age_penalty",
+        "method.pooled_eps_rel",
     ):
         _positive(config, path, allow_zero=True)
     for path in ("method.momentum", "method.target_momentum", "method.em_momentum"):

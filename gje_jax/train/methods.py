@@ -161,6 +161,7 @@ def _gmje_em(m) -> Method:
             dead_threshold=m.dead_threshold or None,
             eps_rel=m.eps_rel,
             eps_abs=m.eps_abs,
+            pooled_eps_rel=m.pooled_eps_rel,
         )
         return {"em": new}, metrics
 
@@ -193,7 +194,7 @@ def _gmje_gng(m) -> Method:
         new, metrics = gng.update(state["gng"], _joint(emb), cfg)
         return {"gng": new}, metrics
 
-    density = lambda params, state: gng.mixture(state["gng"], cfg.floor)
+    density = lambda params, state: gng.mixture(state["gng"], cfg.floor, m.pooled_eps_rel)
     return Method(
         "gmje_gng", init, lambda p, s, emb: _mixture_loss(m, emb, density(p, s), 0.0), update, density=density
     )
@@ -209,18 +210,38 @@ def _mdn_head(m, dt: int) -> MDNHead:
     )
 
 
+def _mean_variance(t: jax.Array) -> jax.Array:
+    """Average per-dimension variance of a batch [N, d] (stop-gradient) -> []."""
+    return jnp.mean(jnp.var(jax.lax.stop_gradient(t), axis=0))
+
+
 def _gmje_mdn(m) -> Method:
-    """A conditional mixture density network p(t | c) on the context embedding."""
+    """A conditional mixture density network p(t | c) on the context embedding.
+
+    With pooled_eps_rel > 0 every predicted component is widened by pooled_eps_rel times
+    the targets' average variance (an EMA over past batches, in the method state): without
+    that floor the head can win without bound by packing the targets into K tight clusters.
+    """
+    rel = m.pooled_eps_rel
 
     def init(key, dc, dt):
-        return {"mdn": _mdn_head(m, dt).init(key, jnp.zeros((1, dc)))["params"]}, {}
+        params = {"mdn": _mdn_head(m, dt).init(key, jnp.zeros((1, dc)))["params"]}
+        return params, ({"target_var": jnp.zeros(())} if rel else {})
 
-    def conditional(params, state, c):
+    def head(params, c):
         dt = params["mdn"]["means"]["kernel"].shape[-1] // m.num_components
         return _mdn_head(m, dt).apply({"params": params["mdn"]}, c)
 
+    def conditional(params, state, c):
+        cond = head(params, c)
+        return cond.add_variance(rel * state["target_var"]) if rel else cond
+
     def loss(params, state, emb):
-        cond = conditional(params, state, emb.a)
+        cond = head(params, emb.a)
+        if rel:
+            # Past batches' variance; the very first step (no history yet) uses its own.
+            var = jnp.where(state["target_var"] > 0, state["target_var"], _mean_variance(emb.b))
+            cond = cond.add_variance(rel * var)
         nll = -jnp.mean(cond.log_prob(emb.b))
         # A conditional NLL pairs with the target-block geometry term (scale invariance).
         geo = (
@@ -229,7 +250,13 @@ def _gmje_mdn(m) -> Method:
         loss = nll - m.lambda_geo * geo
         return loss, {"loss": loss, "nll": nll, "geometry": geo}
 
-    return Method("gmje_mdn", init, loss, conditional=conditional)
+    def update(state, emb, online, key):
+        if not rel:
+            return state, {}
+        old, var = state["target_var"], _mean_variance(emb.b)
+        return {"target_var": jnp.where(old > 0, m.momentum * old + (1 - m.momentum) * var, var)}, {}
+
+    return Method("gmje_mdn", init, loss, update, conditional=conditional)
 
 
 def _bank_kernel(m, state) -> jax.Array:
