@@ -14,6 +14,7 @@ Writes OUT.md and OUT.csv (default WORKDIR/vision) and WORKDIR/METHOD/eval.json.
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import json
@@ -45,6 +46,9 @@ def _define_flags() -> None:
         workdir=flags.DEFINE_string("workdir", None, "Parent directory of the per-method workdirs.", required=True),
         out=flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision."),
         num_steps=flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's)."),
+        set=flags.DEFINE_list(
+            "set", [], "Config overrides PATH=VALUE applied to every method, e.g. method.pooled_eps_rel=0.5."
+        ),
     )
 
 
@@ -55,12 +59,29 @@ def _load_config_module(path: str):
     return module
 
 
-def method_config(module, method: str, size: str, num_steps: int = 0):
+def method_config(module, method: str, size: str, num_steps: int = 0, overrides=()):
+    """The config of one method; overrides: 'path=value' strings (values parsed as Python
+    literals, else kept as strings). An unknown path raises."""
     c = module.get_config(f"{method},{size}" if size else method)
+    c.unlock()
     if num_steps:
-        c.unlock()
         c.num_steps = num_steps
-        c.lock()
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects PATH=VALUE, got {item!r}.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = path.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"--set: the config has no field {path!r}.")
+        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], float) else value
+    c.lock()
     return c
 
 
@@ -147,10 +168,24 @@ def run_method(config, workdir: str, train, test) -> dict:
     return row
 
 
-def random_row(config, train, test) -> dict:
+def random_row(config, train, test, workdir: str = "") -> dict:
+    """The random-init encoder's row; cached in WORKDIR/random_init/eval.json when given
+    (reused only for the same seed, model and evaluation settings)."""
+    path = os.path.join(workdir, "random_init", "eval.json") if workdir else ""
+    key = json.dumps([config.seed, config.model.to_dict(), config.eval.to_dict()], sort_keys=True, default=str)
+    if path and os.path.exists(path):
+        with open(path) as f:
+            row = json.load(f)
+        if row.get("settings") == key:
+            return row
     state, *_ = loop.setup(config)
     row = evaluate(config, state, train, test)
     row.update(method="random init", num_steps=0, online_probe=float("nan"), train_s=0.0, images_per_s=float("nan"))
+    row["settings"] = key
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(row, f, indent=1)
     return row
 
 
@@ -198,13 +233,14 @@ def main(argv):
     from experiments.configs.vision import SSL_METHODS
 
     methods = _FLAGS["methods"].value or list(SSL_METHODS)
-    base = method_config(module, methods[0], _FLAGS["size"].value, _FLAGS["num_steps"].value)
+    size, num_steps, overrides = _FLAGS["size"].value, _FLAGS["num_steps"].value, _FLAGS["set"].value
+    base = method_config(module, methods[0], size, num_steps, overrides)
     d = base.data
     train = images.load_split(d, d.train_split, progress=True)
     test = images.load_split(d, d.test_split, progress=True)
-    rows = [random_row(base, train, test)]
+    rows = [random_row(base, train, test, _FLAGS["workdir"].value)]
     for method in methods:
-        config = method_config(module, method, _FLAGS["size"].value, _FLAGS["num_steps"].value)
+        config = method_config(module, method, size, num_steps, overrides)
         row = run_method(config, os.path.join(_FLAGS["workdir"].value, method), train, test)
         print(
             f"{method:10s} kNN "

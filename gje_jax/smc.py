@@ -218,11 +218,15 @@ def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_ab
     return linalg.cholesky(silverman_factor(num, d) * regularize(cov, eps_rel, eps_abs))
 
 
-def reweight(bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_penalty: float = 0.0) -> ParticleBank:
-    """l_m += log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
+def reweight(
+    bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_penalty: float = 0.0, tempering: float = 1.0
+) -> ParticleBank:
+    """l_m += tempering * log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
 
     KDE_z(x) = (1/N) sum_n N(x | z_n, H): particles in regions the current batch
-    occupies gain weight; stale ones lose it.
+    occupies gain weight; stale ones lose it. tempering in [0, 1] raises the KDE to that
+    power (tempered SMC): in high dimension log KDE differs between particles by hundreds of
+    nats, so with tempering = 1 one particle takes all the weight at every step.
 
     Example:
       >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(2, 1), jnp.array([[0.0], [5.0]]))
@@ -231,8 +235,10 @@ def reweight(bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_pen
       (True, True)
     """
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
+    if not 0.0 <= tempering <= 1.0:
+        raise ValueError(f"tempering must be in [0, 1], got {tempering!r}.")
     log_kde = kernel_log_prob(bank.particles, z, None, scale_tril)  # [M]
-    lw = bank.log_weights + log_kde - age_penalty * bank.ages.astype(z.dtype)
+    lw = bank.log_weights + tempering * log_kde - age_penalty * bank.ages.astype(z.dtype)
     reweighted = bank.replace(log_weights=jnp.where(bank.filled, lw, -jnp.inf))
     return reweighted.replace(log_weights=reweighted.normalized_log_weights())
 
@@ -319,6 +325,7 @@ def update(
     ess_threshold: float = 0.5,
     age_penalty: float = 0.0,
     rejuvenation: float = 0.0,
+    tempering: float = 1.0,
 ) -> tuple[ParticleBank, dict[str, jax.Array]]:
     """One bank step with the batch z [N, D] (stop-gradient): reweight, resample if the
     ESS is low, insert. Returns (bank, metrics {'bank_ess', 'bank_size', 'resampled'}).
@@ -330,7 +337,7 @@ def update(
       >>> int(bank.size()), sorted(metrics)[:2]
       (16, ['bank_ess', 'bank_size'])
     """
-    bank = reweight(bank, z, scale_tril, age_penalty=age_penalty)
+    bank = reweight(bank, z, scale_tril, age_penalty=age_penalty, tempering=tempering)
     ess_before = bank.ess()
     bank, did = resample(
         bank, key, scheme=scheme, ess_threshold=ess_threshold, rejuvenation=rejuvenation, scale_tril=scale_tril

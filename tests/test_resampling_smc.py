@@ -8,6 +8,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from gje_jax import losses, resampling, smc
+from tests.helpers import random_spd
 
 W = np.array([0.33, 0.02, 0.17, 0.0, 0.25, 0.125, 0.105], np.float64)
 LOGW = np.log(np.where(W > 0, W, 1e-300)).astype(np.float32)
@@ -132,6 +133,26 @@ def test_reweight_favours_particles_near_the_batch_and_resamples_when_degenerate
     # A threshold outside (0, 1] is refused.
     with pytest.raises(ValueError, match=r"ess_threshold must be in \(0, 1\]"):
         smc.resample(bank2, jax.random.key(0), ess_threshold=1.5)
+
+
+def test_tempered_reweighting_raises_the_kde_to_a_power():
+    m, d, n = 12, 3, 20
+    rng = np.random.default_rng(5)
+    particles = rng.normal(size=(m, d)) * 2
+    z = rng.normal(size=(n, d))
+    h = random_spd(rng, d)
+    bank = smc.insert(smc.ParticleBank.empty(m, d), jnp.asarray(particles, jnp.float32))
+    chol = jnp.asarray(np.linalg.cholesky(h), jnp.float32)
+    # KDE_z(P_m) = (1/N) sum_n N(P_m | z_n, H), by scipy.
+    log_kde = np.array(
+        [logsumexp([stats.multivariate_normal(zn, h).logpdf(p) for zn in z]) - np.log(n) for p in particles]
+    )
+    for beta in (0.0, 0.1, 1.0):
+        got = np.asarray(smc.reweight(bank, jnp.asarray(z, jnp.float32), chol, tempering=beta).log_weights)
+        want = beta * log_kde - logsumexp(beta * log_kde)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="tempering"):
+        smc.reweight(bank, jnp.asarray(z, jnp.float32), chol, tempering=1.5)
 
 
 def test_bank_contrastive_with_uniform_weights_is_moco_infonce():

@@ -334,3 +334,18 @@ def test_report_helpers_import_next_to_the_main_entry_point():
     from experiments import report_vision
 
     assert callable(report_vision.method_config)
+
+
+def test_report_overrides_set_typed_fields_and_reject_unknown_paths():
+    from experiments import report_vision
+    from experiments.configs import cifar10_small
+
+    c = report_vision.method_config(
+        cifar10_small, "gmje_em", "runlocal", 7, ["method.pooled_eps_rel=1", "model.widths=(4, 8)", "optim.name=sgd"]
+    )
+    assert c.num_steps == 7 and c.method.pooled_eps_rel == 1.0 and isinstance(c.method.pooled_eps_rel, float)
+    assert tuple(c.model.widths) == (4, 8) and c.optim.name == "sgd"
+    with pytest.raises(ValueError, match="no field 'method.pooled_eps'"):
+        report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, ["method.pooled_eps=1"])
+    with pytest.raises(ValueError, match="PATH=VALUE"):
+        report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, ["method.pooled_eps_rel"])

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
         resampling="systematic",  # systematic | stratified | multinomial | residual
         rejuvenation=0.0,  # jitter of resampled particles, in kernel standard deviations
         age_penalty=0.0,  # log-weight lost per step of age
+        bank_tempering=1.0,  # reweight by KDE^bank_tempering (tempered SMC; 1 = plain)
         bank_kernel="shared",  # shared (EMA covariance x Silverman) | isotropic
         bank_bandwidth=0.1,  # h of the isotropic kernel
         bank_loss="nll",  # nll | contrastive | both

@@ -108,7 +108,13 @@ def validate(config, num_devices: int = 1) -> None:
         val = _get(config, path)
         if not 0.0 <= val < 1.0:
             raise ValueError(f"config.{path} must be in [0, 1), got {val!r}.")
-    for path in ("method.gng_eps_b", "method.gng_eps_n", "method.gng_alpha", "method.gng_decay"):
+    for path in (
+        "method.gng_eps_b",
+        "method.gng_eps_n",
+        "method.gng_alpha",
+        "method.gng_decay",
+        "method.bank_tempering",
+    ):
         val = _get(config, path)
         if not 0.0 <= val <= 1.0:
             raise ValueError(f"config.{path} must be in [0, 1], got {val!r}.")

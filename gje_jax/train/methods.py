@@ -314,6 +314,7 @@ def _gmje_smc(m) -> Method:
             ess_threshold=m.ess_threshold,
             age_penalty=m.age_penalty,
             rejuvenation=m.rejuvenation,
+            tempering=m.bank_tempering,
         )
         return {"bank": bank, "stats": stats}, metrics
 
