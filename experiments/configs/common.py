@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
         lambda_geo=1.0,
         eps_rel=1e-4,
         eps_abs=1e-6,
-        momentum=0.99,  # EMA of the gje 'ema' statistics
+        momentum=0.99,  # EMA of the gje 'ema' statistics (also SMC's kernel and MDN's target variance)
         floor=1e-3,  # minimum Cholesky diagonal of learned densities
         num_components=8,  # gmje prototypes
         objective="joint",  # gmje: joint | conditional
