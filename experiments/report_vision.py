@@ -19,6 +19,7 @@ import csv
 import importlib.util
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -34,20 +35,27 @@ from gje_jax.train import loop
 _FLAGS = {}
 
 
-def _define_flags() -> None:
+def _define_flags(flag_values=flags.FLAGS) -> None:
     """Defined only when run as a script, so importing the helpers below defines no flags
     (experiments.main has its own --config)."""
+    kw = dict(flag_values=flag_values)
     _FLAGS.update(
         config=flags.DEFINE_string(
-            "config", "experiments/configs/cifar10_small.py", "Image config file (argument: method)."
+            "config", "experiments/configs/cifar10_small.py", "Image config file (argument: method).", **kw
         ),
-        size=flags.DEFINE_string("size", "", "Size argument appended to the method (e.g. runlocal)."),
-        methods=flags.DEFINE_list("methods", [], "Methods to run (default: every SSL method of the config)."),
-        workdir=flags.DEFINE_string("workdir", None, "Parent directory of the per-method workdirs.", required=True),
-        out=flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision."),
-        num_steps=flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's)."),
-        set=flags.DEFINE_list(
-            "set", [], "Config overrides PATH=VALUE applied to every method, e.g. method.pooled_eps_rel=0.5."
+        size=flags.DEFINE_string("size", "", "Size argument appended to the method (e.g. runlocal).", **kw),
+        methods=flags.DEFINE_list("methods", [], "Methods to run (default: every SSL method of the config).", **kw),
+        workdir=flags.DEFINE_string(
+            "workdir", None, "Parent directory of the per-method workdirs.", required=True, **kw
+        ),
+        out=flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision.", **kw),
+        num_steps=flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's).", **kw),
+        # Repeatable, not comma-separated: values may hold commas (model.widths=(32,64)).
+        set=flags.DEFINE_multi_string(
+            "set",
+            [],
+            "Config override PATH=VALUE applied to every method, e.g. method.pooled_eps_rel=0.5; repeat for more.",
+            **kw,
         ),
     )
 
@@ -250,7 +258,8 @@ def main(argv):
         rows.append(row)
     for r in rows:
         r.update(n_train=len(train["label"]), n_test=len(test["label"]))
-    command = " ".join(["python -m experiments.report_vision"] + sys.argv[1:])
+    # Quoted for a POSIX shell: --set values may hold parentheses.
+    command = "python -m experiments.report_vision " + shlex.join(sys.argv[1:])
     out = _FLAGS["out"].value or os.path.join(_FLAGS["workdir"].value, "vision")
     print(write_table(rows, base, out, command))
     print(f"Table: {out}.md, {out}.csv")

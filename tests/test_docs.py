@@ -2,13 +2,16 @@
 
 import os
 
+import pytest
+
 from experiments import readme_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_readme_tables_match_result_files():
-    with open(os.path.join(ROOT, "README.md")) as f:
+@pytest.mark.parametrize("doc", readme_tables.DOCUMENTS)
+def test_readme_tables_match_result_files(doc):
+    with open(os.path.join(ROOT, doc)) as f:
         text = f.read()
     assert "<!-- table: " in text
     assert readme_tables.render(text) == text, "run: python -m experiments.readme_tables"

@@ -145,6 +145,57 @@ def test_workdir_of_another_method_is_refused_untouched(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
+@pytest.mark.parametrize("projector", ["bn", "ln"])
+def test_target_network_with_the_online_weights_gives_the_online_embeddings(projector):
+    # At step 0 the EMA target holds the online weights; normalised the same way (the current
+    # batch's statistics when there is batch-norm), it must produce the same embeddings.
+    config = _config("predictor", **{"model.projector": projector, "model.norm": "bn" if projector == "bn" else "ln"})
+    state, _, source, sharding = loop.setup(config)
+    batch = loop.global_batch(source, config, 0, sharding)
+    a, b = loop.synthetic.views_for(config.data)(batch, jax.random.key(3))
+    method = loop.get_method(config.method)
+    _, (_, _, emb) = jax.jit(loss_and_updates, static_argnames="method")(state.params, state, a, b, method=method)
+    assert bool(jax.tree.leaves(state.batch_stats)) == (projector == "bn")
+    np.testing.assert_allclose(emb.a_target, emb.a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(emb.b_target, emb.b, rtol=1e-5, atol=1e-5)
+
+
+def test_model_field_added_after_a_run_keeps_it_resumable(tmp_path):
+    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    # A run written before `model.projector_out_norm` existed: its config.json lacks the key.
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    del saved["model"]["projector_out_norm"]
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    state, _ = loop.train_and_evaluate(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
+    assert int(state.step) == 4
+    # A model field the old run does hold still guards its identity.
+    with pytest.raises(checkpoint.CheckpointError, match="config.model"):
+        loop.train_and_evaluate(_config("gje", num_steps=6, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
+
+
+def test_projector_out_norm_standardises_each_embedding_dimension():
+    m = _config().model
+    # Layer-norm hidden layers: train and eval mode differ only in the output layer.
+    m.encoder, m.projector, m.projector_out_norm = "mlp", "ln", True
+    net = models.build_network(m)
+    x = 3.0 + 5.0 * jax.random.normal(jax.random.key(0), (64, 8))
+    variables = net.init(jax.random.key(1), x, train=False)
+    out, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
+    # Training mode: batch statistics, no affine part, so mean 0 and variance 1 per dimension
+    # (up to BatchNorm's epsilon of 1e-5 in the variance).
+    np.testing.assert_allclose(np.mean(out, axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.var(out, axis=0), 1.0, rtol=1e-3)
+    assert "scale" not in variables["params"]["projector"].get("out_norm", {})
+    # Evaluation: the running averages (here after one update: 0.9 * init + 0.1 * batch).
+    raw = net.apply(variables, x, train=False)  # running mean 0, var 1 at init: the raw output
+    pre = np.asarray(net.apply({**variables, "batch_stats": updates["batch_stats"]}, x, train=False))
+    mean, var = np.mean(np.asarray(raw), 0), np.var(np.asarray(raw), 0)
+    expect = (np.asarray(raw) - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-5)
+    np.testing.assert_allclose(pre, expect, rtol=1e-4, atol=1e-5)
+
+
 def test_incompatible_checkpoint_gives_clear_error(tmp_path):
     loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     os.remove(tmp_path / "config.json")  # hide the identity check: the restore itself must fail clearly
@@ -194,15 +245,26 @@ def test_models_forward_backward(encoder, extra, projector):
         m[k] = v
     net = models.build_network(m)
     x = jnp.ones((2, 32, 32, 3)) if encoder != "mlp" else jnp.ones((2, 8))
-    # Jitted init and gradient: one compilation is cheaper than dispatching a ResNet's ops one by one.
-    variables = jax.jit(lambda k, x: net.init(k, x, train=False))(jax.random.key(0), x)
 
-    def f(params):
-        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    # ResNet-50 is traced, not compiled (its compilation alone took ~40 s of the suite): the
+    # trace checks every shape of the forward and backward pass; the ResNet-18 cases run the
+    # same stem, pooling and projector numerically.
+    def run(fn, *args):
+        return jax.eval_shape(fn, *args) if encoder == "resnet50" else jax.jit(fn)(*args)
+
+    # Jitted init and gradient: one compilation is cheaper than dispatching a ResNet's ops one by one.
+    variables = run(lambda k, x: net.init(k, x, train=False), jax.random.key(0), x)
+
+    def f(params, rest):
+        out, _ = net.apply({**rest, "params": params}, x, train=True, mutable=["batch_stats"])
         return jnp.sum(out**2), out
 
-    (val, out), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(variables["params"])
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    (val, out), grads = run(jax.value_and_grad(f, has_aux=True), variables["params"], rest)
     assert out.shape == (2, m.embed_dim)
+    if encoder == "resnet50":
+        assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, variables["params"])
+        return
     assert np.isfinite(val) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 

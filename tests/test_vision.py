@@ -349,3 +349,11 @@ def test_report_overrides_set_typed_fields_and_reject_unknown_paths():
         report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, ["method.pooled_eps=1"])
     with pytest.raises(ValueError, match="PATH=VALUE"):
         report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, ["method.pooled_eps_rel"])
+    # The command line: --set repeats, and a value may hold commas.
+    from absl import flags
+
+    fv = flags.FlagValues()
+    report_vision._define_flags(fv)
+    fv(["report_vision", "--workdir=w", "--set=model.widths=(4,8)", "--set=method.pooled_eps_rel=1"])
+    c = report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, fv["set"].value)
+    assert tuple(c.model.widths) == (4, 8) and c.method.pooled_eps_rel == 1.0

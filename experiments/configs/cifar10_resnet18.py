@@ -8,7 +8,7 @@ The argument is the method, as in cifar10_small.py. Pass --config.num_steps to s
 the schedule follows num_steps.
 """
 
-from experiments.configs.vision import vision_base
+from experiments.configs.vision import set_method_model, vision_base
 
 _TRAIN_IMAGES = 50000
 
@@ -34,5 +34,6 @@ def get_config(arg: str = "gmje"):
     c.optim.schedule = "cosine"
     c.optim.grad_clip = 0.0
     c.method.bank_size = 16384
+    set_method_model(c, expander=2048)
     c.lock()
     return c

@@ -7,7 +7,7 @@ The argument is the method (simclr, vicreg, predictor, gje, gmje, gmje_em, gmje_
 gmje_smc); append ',runlocal' for a seconds-long smoke run (e.g. `:simclr,runlocal`).
 """
 
-from experiments.configs.vision import vision_base
+from experiments.configs.vision import set_method_model, vision_base
 
 
 def get_config(arg: str = "gmje"):
@@ -28,6 +28,7 @@ def get_config(arg: str = "gmje"):
     c.optim.weight_decay = 1e-4
     c.optim.warmup_steps = 25
     c.optim.schedule = "cosine"
+    set_method_model(c, expander=1024)
     if size == "runlocal":
         c.batch_size = 32
         c.num_steps = 4

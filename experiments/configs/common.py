@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
         width=64,
         projector="none",  # none | bn | ln
         projector_hidden=(256,),
+        projector_out_norm=False,  # affine-free batch-norm on the embeddings (fixes their scale)
         embed_dim=16,
         dtype="float32",  # or bfloat16 for encoder compute
     )

@@ -68,6 +68,19 @@ def set_method(c: ml_collections.ConfigDict, method: str) -> None:
     m.bank_size = 4096
 
 
+def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
+    """Per-method model settings, applied after a recipe sets its model.
+
+    VICReg's recipe regularises the covariance of a wide expander (Bardes et al. use 8192;
+    the common CIFAR recipes 2048): with the 64-D embeddings of cifar10_small it reached
+    kNN 44.4 after 800 steps, with a 1024-wide expander 50.1 (README). The density methods
+    keep the recipe's embedding size: their joint covariance is (2E)^2.
+    """
+    if c.method.name == "vicreg":
+        c.model.embed_dim = expander
+        c.model.projector_hidden = (expander,)
+
+
 def vision_base(method: str, dataset: str = "cifar10") -> ml_collections.ConfigDict:
     c = base_config()
     c.data = image_data(dataset)

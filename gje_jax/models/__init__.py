@@ -19,7 +19,7 @@ BACKBONES = {
 
 def build_network(m) -> Network:
     """m: the `config.model` section (encoder, feature_dim, hidden, widths, stem, width,
-    projector ('none' | 'bn' | 'ln'), projector_hidden, embed_dim, dtype).
+    projector ('none' | 'bn' | 'ln'), projector_hidden, projector_out_norm, embed_dim, dtype).
 
     Example:
       >>> from experiments.configs.common import base_config
@@ -35,7 +35,13 @@ def build_network(m) -> Network:
     dt = DTYPES[m.dtype]
     proj = None
     if m.projector != "none":
-        proj = Projector(hidden=tuple(m.projector_hidden), out_dim=m.embed_dim, norm=m.projector, dtype=dt)
+        proj = Projector(
+            hidden=tuple(m.projector_hidden),
+            out_dim=m.embed_dim,
+            norm=m.projector,
+            dtype=dt,
+            out_norm=m.projector_out_norm,
+        )
     return Network(BACKBONES[m.encoder](m, dt), proj)
 
 

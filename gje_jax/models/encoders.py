@@ -44,6 +44,10 @@ class MLP(nn.Module):
     out_dim: int = 128
     norm: str = "ln"
     dtype: Any = jnp.float32
+    # An affine-free batch-norm on the output: every output dimension has mean 0 and
+    # variance 1 over the batch. Fixes the embeddings' scale, which scale-invariant
+    # density losses leave free to drift (and with it Adam's effective step).
+    out_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -51,7 +55,13 @@ class MLP(nn.Module):
         for i, width in enumerate(self.hidden):
             x = nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(x)
             x = nn.relu(_norm(self.norm, train, self.dtype, name=f"norm_{i}")(x))
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+        x = nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+        if self.out_norm:
+            # float32 statistics: the density maths downstream is float32.
+            x = nn.BatchNorm(
+                use_running_average=not train, momentum=0.9, use_bias=False, use_scale=False, name="out_norm"
+            )(x)
+        return x
 
 
 class Conv3x3(nn.Module):

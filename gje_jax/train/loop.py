@@ -244,6 +244,9 @@ def _check_workdir_config(config, workdir: str) -> None:
             a, b = _select(old, field), _select(new, field)
         except KeyError:
             continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            # A field added after the old run was written defaults to the old behaviour.
+            b = {k: v for k, v in b.items() if k in a}
         if a != b:
             raise checkpoint.CheckpointError(
                 f"{workdir} holds a run with config.{field}={a!r}, this config has {b!r}. Its checkpoints cannot "

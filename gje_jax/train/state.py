@@ -181,7 +181,14 @@ def loss_and_updates(
     a_t = b_t = None
     if method.target_network:
         tvars = {"params": state.method_state["target"], **({"batch_stats": state.batch_stats} if has_bn else {})}
-        tout = jax.lax.stop_gradient(state.apply_fn(tvars, x, train=False))
+        # The target normalises with the current batch's statistics, as the online network
+        # does (BYOL): running averages belong to the online weights, not the EMA ones.
+        # Its batch-norm updates are discarded.
+        if has_bn:
+            tout, _ = state.apply_fn(tvars, x, train=True, mutable=["batch_stats"])
+        else:
+            tout = state.apply_fn(tvars, x, train=True)
+        tout = jax.lax.stop_gradient(tout)
         a_t, b_t = tout[:n], tout[n:]
     emb = Embeddings(out[:n], out[n:], a_t, b_t)
     loss, metrics = method.loss(params["method"], state.method_state, emb)
