@@ -54,13 +54,13 @@ def set_method(c: ml_collections.ConfigDict, method: str) -> None:
     # GJE on images: the batch estimator falls into the trace trap here (a 256-image batch
     # against a 128-D joint: effective rank 1.7 and kNN 30.2 after 800 steps, below the
     # random encoder's 38.4); EMA statistics keep rank ~30 (kNN 45.8); a Gaussian learned
-    # by SGD with the encoder does best (kNN 50.6; all measured, README).
+    # by SGD with the encoder does best (kNN 50.6; all measured, docs/vision_ablations.md).
     m.estimator = "param"
     # EM, GNG and MDN on images: without a floor relative to the embeddings' spread their
     # mixtures reward packing the images into K tight clusters (GNG: embedding std 0.013 and
     # kNN 28.2; EM 35.3; MDN 35.6, below the random encoder's 38.4, measured at 800 steps).
     # kNN at k = 200 with pooled_eps_rel 0.5 / 2 / 8: EM 41.9 / 46.0 / 47.2, GNG 41.5 / 46.0 /
-    # 47.6, MDN 40.8 / 48.2 / 48.5 (README).
+    # 47.6, MDN 40.8 / 48.2 / 48.5; 32 is no better (docs/vision_ablations.md).
     m.pooled_eps_rel = 8.0
     m.mdn_hidden = (256,)
     m.gng_capacity = 32
@@ -73,7 +73,7 @@ def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
 
     VICReg's recipe regularises the covariance of a wide expander (Bardes et al. use 8192;
     the common CIFAR recipes 2048): with the 64-D embeddings of cifar10_small it reached
-    kNN 44.4 after 800 steps, with a 1024-wide expander 50.1 (README). The density methods
+    kNN 44.4 after 800 steps, with a 1024-wide expander 50.0 (docs/vision_ablations.md). The density methods
     keep the recipe's embedding size: their joint covariance is (2E)^2.
     """
     if c.method.name == "vicreg":
