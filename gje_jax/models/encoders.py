@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 
-def _bn(train: bool, dtype, name: str | None = None) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
+def _bn(train: bool, dtype, name: str | None = None, **kw) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name, **kw)
 
 
 def _norm(kind: str, train: bool, dtype, name: str | None = None):
@@ -57,10 +57,8 @@ class MLP(nn.Module):
             x = nn.relu(_norm(self.norm, train, self.dtype, name=f"norm_{i}")(x))
         x = nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x).astype(jnp.float32)
         if self.out_norm:
-            # float32 statistics: the density maths downstream is float32.
-            x = nn.BatchNorm(
-                use_running_average=not train, momentum=0.9, use_bias=False, use_scale=False, name="out_norm"
-            )(x)
+            # float32 (dtype None keeps the input's): the density maths downstream is float32.
+            x = _bn(train, None, "out_norm", use_bias=False, use_scale=False)(x)
         return x
 
 

@@ -184,10 +184,7 @@ def loss_and_updates(
         # The target normalises with the current batch's statistics, as the online network
         # does (BYOL): running averages belong to the online weights, not the EMA ones.
         # Its batch-norm updates are discarded.
-        if has_bn:
-            tout, _ = state.apply_fn(tvars, x, train=True, mutable=["batch_stats"])
-        else:
-            tout = state.apply_fn(tvars, x, train=True)
+        tout, _ = state.apply_fn(tvars, x, train=True, mutable=["batch_stats"])
         tout = jax.lax.stop_gradient(tout)
         a_t, b_t = tout[:n], tout[n:]
     emb = Embeddings(out[:n], out[n:], a_t, b_t)
