@@ -23,4 +23,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # kernels that tests start inherit it too.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-import jax  # noqa: E402,F401
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_device(monkeypatch):
+    """Trains on a one-device mesh in this test (the session has 4 CPU devices on 2 cores,
+    where the collectives of a sharded step cost more than a tiny model's maths). For tests
+    of what a run does, not how it shards; the multi-device tests compare 4 devices with 1."""
+    from jax.sharding import Mesh
+
+    from gje_jax.train import loop
+
+    monkeypatch.setattr(loop, "make_mesh", lambda: Mesh(np.asarray(jax.devices()[:1]), ("data",)))

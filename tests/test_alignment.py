@@ -91,7 +91,7 @@ def test_control_gje_matches_the_true_conditional(tmp_path):
     assert row["nll"] - row["truth_nll"] <= 0.05, row
 
 
-def test_trap_naive_collapses_while_geometry_keeps_rank(tmp_path):
+def test_trap_naive_collapses_while_geometry_keeps_rank(tmp_path, one_device):
     config = trap_config.get_config("runlocal")
     config.unlock()
     config.train.num_steps = 300

@@ -391,7 +391,7 @@ def _debug_config(method="gmje"):
     return c
 
 
-def test_debug_mode_names_the_step_method_and_tensor():
+def test_debug_mode_names_the_step_method_and_tensor(one_device):
     from gje_jax.train import loop
 
     c = _debug_config()

@@ -73,7 +73,7 @@ def test_four_devices_equal_one_device(method, extra):
         np.testing.assert_allclose(g4, g1, rtol=1e-5, atol=1e-5)
 
 
-def test_every_registered_method_trains_a_few_steps(tmp_path):
+def test_every_registered_method_trains_a_few_steps(tmp_path, one_device):
     # The remedies (gmje_em/mdn/gng/smc) are trained in tests/test_remedy_methods.py.
     for name in [n for n in METHODS if not n.startswith("gmje_")]:
         state, metrics = loop.train_and_evaluate(

@@ -283,7 +283,7 @@ def test_embed_pads_the_last_batch():
 # ---- end to end ---------------------------------------------------------------------------
 
 
-def test_image_training_with_online_probe_and_report(tiny_dir, tmp_path):
+def test_image_training_with_online_probe_and_report(tiny_dir, tmp_path, one_device):
     from experiments import report_vision
     from experiments.configs import cifar10_small
     from gje_jax.train import config_check, loop
