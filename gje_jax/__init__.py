@@ -15,6 +15,8 @@ from gje_jax.gaussian import (
     gaussian_entropy,
     gaussian_mutual_information,
     ledoit_wolf,
+    pooled_covariance,
+    pooled_ridge,
     pooled_variance,
     regularize,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "linalg",
     "losses",
     "models",
+    "pooled_covariance",
+    "pooled_ridge",
     "pooled_variance",
     "regularize",
     "resampling",

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from gje_jax import _validation as v
 from gje_jax import linalg
-from gje_jax.gaussian import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, pooled_variance, regularize
+from gje_jax.gaussian import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, check_pooled_ridge, pooled_ridge, regularize
 from gje_jax.mixture import GaussianMixture, component_log_probs
 
 
@@ -100,10 +100,10 @@ def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
     return idx
 
 
-def _factor(weights, means, covs, eps_rel, eps_abs, pooled_eps_rel):
+def _factor(weights, means, covs, eps_rel, eps_abs, pooled_eps_rel, pooled_shape):
     # The pooled ridge is a floor relative to the whole mixture's spread (scale-equivariant).
-    pooled = pooled_eps_rel * pooled_variance(weights, means, covs) if pooled_eps_rel else 0.0
-    return linalg.cholesky(regularize(covs, eps_rel, eps_abs + pooled))
+    ridge = pooled_ridge(weights, means, covs, pooled_eps_rel, pooled_shape) if pooled_eps_rel else 0.0
+    return linalg.cholesky(regularize(covs, eps_rel, eps_abs) + ridge)
 
 
 def _batch_statistics(z: jax.Array, resp: jax.Array):
@@ -117,7 +117,9 @@ def _batch_statistics(z: jax.Array, resp: jax.Array):
     return nk / z.shape[0], mean, cov
 
 
-def _initialize(state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs, pooled_eps_rel) -> EMState:
+def _initialize(
+    state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs, pooled_eps_rel, pooled_shape
+) -> EMState:
     """k-means++ seeds, one hard assignment, per-cluster moments shrunk towards the
     batch covariance (so clusters with few points stay positive definite)."""
     k, d = state.means.shape
@@ -132,7 +134,7 @@ def _initialize(state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs, 
     mean = jnp.where(counts[:, None] > 0, mean, centres)
     cov = (counts[:, None, None] * cov + glob) / (counts[:, None, None] + 1.0)
     weights = (counts + 1.0) / (n + k)
-    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel)
+    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
     return EMState(weights, mean, cov, chols, jnp.ones((), bool), state.num_reseeded)
 
 
@@ -146,6 +148,7 @@ def update(
     eps_rel: float = DEFAULT_EPS_REL,
     eps_abs: float = DEFAULT_EPS_ABS,
     pooled_eps_rel: float = 0.0,
+    pooled_shape: str = "isotropic",
 ) -> tuple[EMState, dict[str, jax.Array]]:
     """One online-EM step on the batch z [N, D] (stop-gradient).
 
@@ -155,9 +158,10 @@ def update(
     style at samples drawn with probability increasing in their NLL under the mixture.
     The first call on an uninitialised state seeds by k-means++ instead.
 
-    Each factor is of Sigma_k + eps I with eps = eps_rel tr(Sigma_k) / D + eps_abs
-    + pooled_eps_rel * `pooled_variance` (the mixture's average variance). Only the pooled
-    part bounds how tight a component can get relative to the spread of the embeddings;
+    Each factor is of Sigma_k + eps I + R with eps = eps_rel tr(Sigma_k) / D + eps_abs and
+    R the pooled ridge (`gje_jax.pooled_ridge` of pooled_eps_rel and pooled_shape: the
+    mixture's average variance times I, or its total covariance). Only the pooled part
+    bounds how tight a component can get relative to the spread of the embeddings;
     without it, embeddings trained against the mixture can pack into K tight clusters.
 
     Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight'}).
@@ -178,12 +182,14 @@ def update(
         raise ValueError(f"z has D = {z.shape[1]} but the prototypes have D = {d}.")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
-    if not pooled_eps_rel >= 0.0:
-        raise ValueError(f"pooled_eps_rel must be >= 0, got {pooled_eps_rel!r}.")
+    check_pooled_ridge(pooled_eps_rel, pooled_shape)
     threshold = 1.0 / (10 * k) if dead_threshold is None else dead_threshold
     k_init, k_seed = jax.random.split(key)
     state = jax.lax.cond(
-        state.initialized, lambda s: s, lambda s: _initialize(s, z, k_init, eps_rel, eps_abs, pooled_eps_rel), state
+        state.initialized,
+        lambda s: s,
+        lambda s: _initialize(s, z, k_init, eps_rel, eps_abs, pooled_eps_rel, pooled_shape),
+        state,
     )
     log_w = jnp.log(jnp.maximum(state.weights, 1e-30))
     comp, _ = component_log_probs(z, state.means, state.chols)
@@ -212,7 +218,7 @@ def update(
     cov = jnp.where(dead[:, None, None], alive_cov, cov)
     weights = jnp.where(dead, 1.0 / k, weights)
     weights = weights / jnp.sum(weights)
-    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel)
+    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
     new = EMState(weights, mean, cov, chols, state.initialized, state.num_reseeded)
     new = new.replace(num_reseeded=state.num_reseeded + jnp.sum(dead).astype(jnp.int32))
     metrics = {

@@ -60,6 +60,72 @@ def regularize(cov: jax.Array, eps_rel: float = DEFAULT_EPS_REL, eps_abs: float 
     return cov + eps[..., None, None] * jnp.eye(d, dtype=cov.dtype)
 
 
+POOLED_SHAPES = ("isotropic", "covariance")
+
+
+def check_pooled_ridge(pooled_eps_rel: float, shape: str) -> None:
+    """Raises ValueError unless pooled_eps_rel >= 0 and shape is one of POOLED_SHAPES.
+
+    Example:
+      >>> gje_jax.gaussian.check_pooled_ridge(8.0, "covariance")      # fine: returns None
+      >>> gje_jax.gaussian.check_pooled_ridge(8.0, "diagonal")
+      Traceback (most recent call last):
+      ValueError: Unknown pooled ridge shape 'diagonal'; valid: ['isotropic', 'covariance'].
+    """
+    if shape not in POOLED_SHAPES:
+        raise ValueError(f"Unknown pooled ridge shape {shape!r}; valid: {list(POOLED_SHAPES)}.")
+    if not pooled_eps_rel >= 0.0:
+        raise ValueError(f"pooled_eps_rel must be >= 0, got {pooled_eps_rel!r}.")
+
+
+def pooled_ridge(
+    weights: jax.Array, means: jax.Array, covs: jax.Array, pooled_eps_rel: float, shape: str = "isotropic"
+) -> jax.Array:
+    """The ridge added to every component of a mixture, relative to the whole mixture's spread.
+
+    Args:
+      weights: [K] non-negative, summing to one (zero for unused components);
+      means: [K, D]; covs: [K, D, D] component covariances (without a ridge);
+      pooled_eps_rel: its size, >= 0;
+      shape: 'isotropic': pooled_eps_rel * `pooled_variance` * I; 'covariance':
+        pooled_eps_rel * `pooled_covariance`, the mixture's total covariance.
+
+    Returns:
+      [D, D] float32, positive semi-definite.
+
+    On joint embeddings [c ; t] of two views the two shapes differ in what they keep. The
+    total covariance carries the views' correlation: its ridge leaves the direction c - t
+    (where aligned views have little variance) tight, so the NLL still rewards agreement.
+    An isotropic ridge as large as the spread widens that direction as much as any other.
+
+    Example:
+      >>> w, mu = jnp.array([0.5, 0.5]), jnp.array([[-1.0, -1.0], [1.0, 1.0]])    # spread along (1, 1)
+      >>> gje_jax.pooled_ridge(w, mu, jnp.zeros((2, 2, 2)), 1.0, "covariance").tolist()
+      [[1.0, 1.0], [1.0, 1.0]]
+      >>> gje_jax.pooled_ridge(w, mu, jnp.zeros((2, 2, 2)), 1.0).tolist()
+      [[1.0, 0.0], [0.0, 1.0]]
+    """
+    check_pooled_ridge(pooled_eps_rel, shape)
+    if shape == "covariance":
+        return pooled_eps_rel * pooled_covariance(weights, means, covs)
+    return pooled_eps_rel * pooled_variance(weights, means, covs) * jnp.eye(means.shape[-1], dtype=means.dtype)
+
+
+def pooled_covariance(weights: jax.Array, means: jax.Array, covs: jax.Array) -> jax.Array:
+    """Total covariance Cov[z] of a mixture: sum_k w_k (Sigma_k + (mu_k - m)(mu_k - m)^T) with
+    m = sum_k w_k mu_k (the law of total covariance, centred). weights [K] summing to one;
+    means [K, D]; covs [K, D, D]. Returns [D, D].
+
+    Example:
+      >>> w, mu = jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]])
+      >>> gje_jax.pooled_covariance(w, mu, jnp.zeros((2, 2, 2))).tolist()
+      [[1.0, 0.0], [0.0, 0.0]]
+    """
+    w = v.as_float(weights, "weights")
+    r = means - w @ means
+    return jnp.einsum("k,kde->de", w, covs) + (w[:, None] * r).T @ r
+
+
 def pooled_variance(weights: jax.Array, means: jax.Array, covs: jax.Array) -> jax.Array:
     """Average variance tr(Cov[z]) / D of a mixture's whole distribution.
 

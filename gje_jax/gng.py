@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gje_jax import _validation as v
 from gje_jax import linalg
-from gje_jax.gaussian import pooled_variance, regularize
+from gje_jax.gaussian import check_pooled_ridge, pooled_ridge, regularize
 from gje_jax.mixture import GaussianMixture
 
 
@@ -264,13 +264,16 @@ def _refresh_statistics(state: GNGState, xs, winners, active_before, cfg: GNGCon
     return state.replace(wins=wins, covs=covs)
 
 
-def mixture(state: GNGState, floor: float = 1e-4, pooled_eps_rel: float = 0.0) -> GaussianMixture:
+def mixture(
+    state: GNGState, floor: float = 1e-4, pooled_eps_rel: float = 0.0, pooled_shape: str = "isotropic"
+) -> GaussianMixture:
     """The mixture view: means = node positions, covariances = EMA residual second
-    moments + (floor + pooled_eps_rel * v) I, where v is the average variance of the
-    whole graph's mixture (`gje_jax.pooled_variance`, without the ridge), weights
-    proportional to EMA win shares; inactive nodes get log-weight -inf (and an identity
-    factor so every entry stays finite). Stop-gradient. An uninitialised graph (no active
-    node) gives its placeholder nodes uniform weights.
+    moments + floor I + R, where R is the pooled ridge of the whole graph's mixture
+    (`gje_jax.pooled_ridge`, of the moments without a ridge: pooled_eps_rel times its
+    average variance times I, or times its total covariance), weights proportional to EMA
+    win shares; inactive nodes get log-weight -inf (and an identity factor so every entry
+    stays finite). Stop-gradient. An uninitialised graph (no active node) gives its
+    placeholder nodes uniform weights.
 
     The pooled ridge bounds how tight a node's Gaussian can be relative to the spread of
     the embeddings (see `gje_jax.pooled_variance`); the absolute floor does not.
@@ -285,14 +288,15 @@ def mixture(state: GNGState, floor: float = 1e-4, pooled_eps_rel: float = 0.0) -
     k, d = s.nodes.shape
     covs = jnp.broadcast_to(s.covs, (k, d, d))
     eye = jnp.eye(d, dtype=s.nodes.dtype)
-    if not pooled_eps_rel >= 0.0:
-        raise ValueError(f"pooled_eps_rel must be >= 0, got {pooled_eps_rel!r}.")
+    check_pooled_ridge(pooled_eps_rel, pooled_shape)
     wins = jnp.maximum(s.wins, 1e-6)
+    ridge = 0.0
     if pooled_eps_rel:
         share = jnp.where(s.active, wins, 0.0)
         share = share / jnp.maximum(jnp.sum(share), 1e-30)
-        floor = floor + pooled_eps_rel * pooled_variance(share, s.nodes, jnp.where(s.active[:, None, None], covs, 0.0))
-    covs = jnp.where(s.active[:, None, None], regularize(covs, 0.0, floor), eye)
+        active_covs = jnp.where(s.active[:, None, None], covs, 0.0)
+        ridge = pooled_ridge(share, s.nodes, active_covs, pooled_eps_rel, pooled_shape)
+    covs = jnp.where(s.active[:, None, None], regularize(covs, 0.0, floor) + ridge, eye)
     log_w = jnp.where(s.active, jnp.log(wins), -jnp.inf)
     # Before the first update no node is active: the placeholder nodes (at 0, identity
     # covariances) then stand in with uniform weights, so a first loss stays finite.

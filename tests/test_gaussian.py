@@ -61,7 +61,7 @@ def test_mutual_information_rejects_mixtures_and_bad_split():
         gje_jax.gaussian_mutual_information(one, 3)
 
 
-def test_pooled_variance_is_the_law_of_total_variance():
+def test_pooled_variance_and_covariance_are_the_law_of_total_covariance():
     rng = np.random.default_rng(3)
     k, d = 4, 5
     w = rng.dirichlet(np.ones(k))
@@ -70,16 +70,24 @@ def test_pooled_variance_is_the_law_of_total_variance():
     # Textbook, uncentred: Cov = sum_k w_k (Sigma_k + mu_k mu_k^T) - m m^T, in float64.
     m = w @ mu
     total = np.einsum("k,kde->de", w, covs + np.einsum("kd,ke->kde", mu, mu)) - np.outer(m, m)
-    got = gje_jax.pooled_variance(
-        jnp.asarray(w, jnp.float32), jnp.asarray(mu, jnp.float32), jnp.asarray(covs, jnp.float32)
-    )
-    np.testing.assert_allclose(float(got), np.trace(total) / d, rtol=1e-5)
+    args = lambda shift=0.0: (
+        jnp.asarray(w, jnp.float32),
+        jnp.asarray(mu + shift, jnp.float32),
+        jnp.asarray(covs, jnp.float32),
+    )  # noqa: E731
+    np.testing.assert_allclose(float(gje_jax.pooled_variance(*args())), np.trace(total) / d, rtol=1e-5)
+    np.testing.assert_allclose(gje_jax.pooled_covariance(*args()), total, rtol=1e-5, atol=1e-5 * np.abs(total).max())
     # Far from the origin the centred form keeps float32 precision (the uncentred one
     # would lose it: |mu|^2 ~ 1e8 against a variance ~ 10).
-    far = gje_jax.pooled_variance(
-        jnp.asarray(w, jnp.float32), jnp.asarray(mu + 1e4, jnp.float32), jnp.asarray(covs, jnp.float32)
-    )
-    np.testing.assert_allclose(float(far), np.trace(total) / d, rtol=1e-3)
+    np.testing.assert_allclose(float(gje_jax.pooled_variance(*args(1e4))), np.trace(total) / d, rtol=1e-3)
+    np.testing.assert_allclose(gje_jax.pooled_covariance(*args(1e4)), total, atol=1e-3 * np.abs(total).max())
+    # The two ridge shapes.
+    np.testing.assert_allclose(gje_jax.pooled_ridge(*args(), 0.5, "covariance"), 0.5 * total, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gje_jax.pooled_ridge(*args(), 0.5), 0.5 * np.trace(total) / d * np.eye(d), rtol=1e-5)
+    with pytest.raises(ValueError, match="Unknown pooled ridge shape 'diag'"):
+        gje_jax.pooled_ridge(*args(), 0.5, "diag")
+    with pytest.raises(ValueError, match="pooled_eps_rel must be >= 0"):
+        gje_jax.pooled_ridge(*args(), -0.5)
 
 
 def test_ema_statistics_follow_the_recurrence():

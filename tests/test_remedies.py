@@ -179,6 +179,52 @@ def test_pooled_ridge_floors_every_component_relative_to_the_spread():
         em.update(state, jnp.asarray(z), jax.random.key(0), pooled_eps_rel=-0.1)
 
 
+def test_covariance_shaped_pooled_ridge_keeps_the_views_correlation():
+    # Joint embeddings [c ; t] of aligned views: t = c + small noise, two clusters.
+    rng = np.random.default_rng(0)
+    c = np.concatenate([rng.normal(size=(256, 2)) - 3, rng.normal(size=(256, 2)) + 3])
+    z = jnp.asarray(np.concatenate([c, c + 0.05 * rng.normal(size=c.shape)], axis=1), jnp.float32)
+    rel = 4.0
+    fits = {}
+    for shape in ("isotropic", "covariance"):
+        state = em.EMState.create(jax.random.key(1), 2, 4)
+        state, _ = em.update(
+            state, z, jax.random.key(2), eps_rel=0.0, eps_abs=0.0, pooled_eps_rel=rel, pooled_shape=shape
+        )
+        fits[shape] = state
+        w, mu, covs = (np.asarray(x, np.float64) for x in (state.weights, state.means, state.covs))
+        m = w @ mu
+        total = np.einsum("k,kde->de", w, covs + np.einsum("kd,ke->kde", mu - m, mu - m))
+        ridge = rel * (total if shape == "covariance" else np.trace(total) / 4 * np.eye(4))
+        chols = np.asarray(state.chols, np.float64)
+        np.testing.assert_allclose(chols @ np.swapaxes(chols, 1, 2), covs + ridge, rtol=1e-4, atol=1e-4)
+    # The variance each fitted component gives to the disagreement c - t (direction u):
+    # the covariance-shaped ridge keeps it near the data's (2 x 0.05^2), the isotropic one
+    # widens it to the ridge's size, and then a misaligned pair costs little more.
+    u = np.array([1.0, 0.0, -1.0, 0.0]) / np.sqrt(2)
+    along = {
+        s: np.einsum("d,kde,e->k", u, np.asarray(f.chols) @ np.swapaxes(np.asarray(f.chols), 1, 2), u)
+        for s, f in fits.items()
+    }
+    assert along["covariance"].max() < 0.05 and along["isotropic"].min() > 10.0, along
+    # GNG's mixture view takes the same shapes.
+    g, _ = gng.update(gng.GNGState.create(6, 4), z, gng.GNGConfig(insert_every=50))
+    gm = gng.mixture(g, floor=0.0, pooled_eps_rel=rel, pooled_shape="covariance")
+    act = np.asarray(g.active)
+    share = np.where(act, np.asarray(g.wins), 0.0)
+    share = share / share.sum()
+    covs = np.where(act[:, None, None], np.asarray(g.covs, np.float64), 0.0)
+    nodes = np.asarray(g.nodes, np.float64)
+    m = share @ nodes
+    total = np.einsum("k,kde->de", share, covs + np.einsum("kd,ke->kde", nodes - m, nodes - m))
+    chols = np.asarray(gm.chols, np.float64)[act]
+    np.testing.assert_allclose(chols @ np.swapaxes(chols, 1, 2), covs[act] + rel * total, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="pooled ridge shape"):
+        gng.mixture(g, pooled_eps_rel=rel, pooled_shape="full")
+    with pytest.raises(ValueError, match="pooled ridge shape"):
+        em.update(state, z, jax.random.key(0), pooled_eps_rel=rel, pooled_shape="full")
+
+
 def test_conditional_mixture_diagonal_equals_full():
     rng = np.random.default_rng(0)
     n, k, d = 5, 3, 4

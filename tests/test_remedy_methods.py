@@ -72,6 +72,7 @@ def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
         ("gmje_gng", "method.gng_covariance", "full", "gng_covariance"),
         ("gmje_mdn", "method.mdn_covariance", "tril", "mdn_covariance"),
         ("gmje_em", "method.em_momentum", 1.0, r"em_momentum must be in \[0, 1\)"),
+        ("gmje_em", "method.pooled_shape", "diagonal", "method.pooled_shape='diagonal' is unknown"),
     ],
 )
 def test_bad_remedy_config_fails_before_compilation(method, field, value, match):

@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
         # variance of the mixture (EM, GNG) or of the targets (MDN): a floor on how tight a
         # component may get relative to the embeddings' spread
         pooled_eps_rel=0.0,
+        # gmje_em, gmje_gng: the ridge's shape: isotropic (the average variance times I) |
+        # covariance (the mixture's total covariance: keeps the views' correlation, so the
+        # direction in which aligned views differ stays tight)
+        pooled_shape="isotropic",
         # gmje_mdn: conditional mixture density network (num_components outputs)
         mdn_covariance="diag",  # diag | full
         mdn_hidden=(128,),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gje_jax.data.augment import RECIPES
+from gje_jax.gaussian import POOLED_SHAPES
 from gje_jax.losses.gaussian import ESTIMATORS
 from gje_jax.losses.mixture import OBJECTIVES
 from gje_jax.models.heads import COVARIANCES
@@ -15,6 +16,7 @@ _CHOICES = {
     "method.resampling": tuple(sorted(SCHEMES)),
     "method.bank_kernel": ("shared", "isotropic"),
     "method.bank_loss": ("nll", "contrastive", "both"),
+    "method.pooled_shape": POOLED_SHAPES,
 }
 
 

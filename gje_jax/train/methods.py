@@ -162,6 +162,7 @@ def _gmje_em(m) -> Method:
             eps_rel=m.eps_rel,
             eps_abs=m.eps_abs,
             pooled_eps_rel=m.pooled_eps_rel,
+            pooled_shape=m.pooled_shape,
         )
         return {"em": new}, metrics
 
@@ -194,7 +195,7 @@ def _gmje_gng(m) -> Method:
         new, metrics = gng.update(state["gng"], _joint(emb), cfg)
         return {"gng": new}, metrics
 
-    density = lambda params, state: gng.mixture(state["gng"], cfg.floor, m.pooled_eps_rel)
+    density = lambda params, state: gng.mixture(state["gng"], cfg.floor, m.pooled_eps_rel, m.pooled_shape)
     return Method(
         "gmje_gng", init, lambda p, s, emb: _mixture_loss(m, emb, density(p, s), 0.0), update, density=density
     )
