@@ -57,42 +57,17 @@ def _method_config(base: ml_collections.ConfigDict, overrides: dict) -> ml_colle
     return m
 
 
-# Steps per compiled lax.scan: one dispatch per chunk instead of per step (the models are
-# tiny, so per-step Python dispatch and host-to-device batches dominated the step time).
-SCAN_STEPS = 100
+def _batches(rng, n, batch, steps):
+    for _ in range(steps):
+        yield rng.integers(0, n, batch)
 
 
-def _train(step, carry, c, t, config, seed, desc, progress):
-    """Runs config.steps of step(carry, c_batch, t_batch, i) -> (carry, loss) on batches
-    drawn with replacement (numpy rng seeded by `seed`), SCAN_STEPS at a time in one
-    compiled lax.scan. c: [n, d_c], t: [n, d_t] held on device. Returns (carry, last loss)."""
-    idx = np.random.default_rng(seed).integers(0, len(c), (config.steps, config.batch_size))
-    c, t = jnp.asarray(c), jnp.asarray(t)
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
 
-    @jax.jit
-    def run_chunk(carry, c, t, idx, steps):
-        def body(carry, xs):
-            rows, i = xs
-            return step(carry, c[rows], t[rows], i)
-
-        carry, losses = jax.lax.scan(body, carry, (idx, steps))
-        return carry, losses[-1]
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, desc=desc, leave=False, dynamic_ncols=True)
-    loss = jnp.zeros(())
-    for start in range(0, config.steps, SCAN_STEPS):
-        stop = min(start + SCAN_STEPS, config.steps)
-        carry, loss = run_chunk(carry, c, t, idx[start:stop], jnp.arange(start, stop))
-        if bar:
-            bar.update(stop - start)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-    if bar:
-        bar.close()
-    return carry, loss
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def train_predictor(config, c, t, seed, progress=True):
@@ -103,13 +78,20 @@ def train_predictor(config, c, t, seed, progress=True):
     opt = optax.adam(config.lr)
     opt_state = opt.init(params)
 
-    def step(carry, c, t, i):
-        params, opt_state = carry
+    @jax.jit
+    def step(params, opt_state, c, t):
         loss, grads = jax.value_and_grad(lambda p: jnp.mean(jnp.sum((net.apply(p, c) - t) ** 2, -1)))(params)
         upd, opt_state = opt.update(grads, opt_state)
-        return (optax.apply_updates(params, upd), opt_state), loss
+        return optax.apply_updates(params, upd), opt_state, loss
 
-    (params, _), _ = _train(step, (params, opt_state), c, t, config, seed, "predictor", progress)
+    bar = _progress(config.steps, "predictor", progress)
+    rng = np.random.default_rng(seed)
+    for idx in _batches(rng, len(c), config.batch_size, config.steps):
+        params, opt_state, loss = step(params, opt_state, c[idx], t[idx])
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
     predict = jax.jit(lambda x: net.apply(params, x))
     resid = np.asarray(predict(c)) - t
     return predict, np.mean(resid**2, axis=0)
@@ -126,11 +108,8 @@ def train_density_method(config, method_config, c, t, seed, progress=True, label
     opt = optax.adam(config.lr)
     opt_state = opt.init(params)
 
-    key = jax.random.key(seed + 1)
-
-    def step(carry, c, t, i):
-        params, opt_state, mstate = carry
-
+    @jax.jit
+    def step(params, opt_state, mstate, c, t, key):
         def objective(p):
             emb = Embeddings(enc.apply(p["encoder"], c), t)
             loss, metrics = method.loss(p["method"], mstate, emb)
@@ -139,12 +118,20 @@ def train_density_method(config, method_config, c, t, seed, progress=True, label
         (loss, emb), grads = jax.value_and_grad(objective, has_aux=True)(params)
         upd, opt_state = opt.update(grads, opt_state)
         params = optax.apply_updates(params, upd)
-        emb = jax.tree.map(jax.lax.stop_gradient, emb)
-        mstate, _ = method.update(mstate, emb, params, jax.random.fold_in(key, i))
-        return (params, opt_state, mstate), loss
+        mstate, _ = method.update(mstate, jax.tree.map(jax.lax.stop_gradient, emb), params, key)
+        return params, opt_state, mstate, loss
 
-    carry = (params, opt_state, mstate)
-    (params, _, mstate), loss = _train(step, carry, c, t, config, seed, label or method_config.name, progress)
+    bar = _progress(config.steps, label or method_config.name, progress)
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed + 1)
+    for i, idx in enumerate(_batches(rng, len(c), config.batch_size, config.steps)):
+        params, opt_state, mstate, loss = step(params, opt_state, mstate, c[idx], t[idx], jax.random.fold_in(key, i))
+        if bar:
+            bar.update(1)
+            if i % 100 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+    if bar:
+        bar.close()
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"{label}: loss is {float(loss)} after {config.steps} steps.")
     embed = jax.jit(lambda x: enc.apply(params["encoder"], x))
