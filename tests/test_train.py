@@ -60,6 +60,7 @@ def _loss_and_grads(config, mesh):
         ("simclr", {}),
         ("vicreg", {}),
         ("predictor", {}),
+        ("predictor", {"method.predictor_norm": "bn"}),
         ("gje", {"model.norm": "bn", "model.projector": "bn"}),
     ],
 )
@@ -71,6 +72,28 @@ def test_four_devices_equal_one_device(method, extra):
     np.testing.assert_allclose(four[0], one[0], rtol=1e-5, atol=1e-5)
     for g4, g1 in zip(jax.tree.leaves(four[1]), jax.tree.leaves(one[1])):
         np.testing.assert_allclose(g4, g1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln"])
+def test_batch_norm_predictor_uses_the_current_batch_statistics(norm):
+    # A batch-norm after the head's first Dense removes any shift shared by the whole batch,
+    # so the loss cannot change when every online embedding moves by one vector (running
+    # averages would not remove it); a layer-norm head has no such invariance.
+    from gje_jax.train.methods import Embeddings, get_method
+
+    m = _config("predictor", **{"method.predictor_norm": norm}).method
+    method = get_method(m)
+    params, state = method.init(jax.random.key(0), 8, 8)
+    assert ("predictor_bn" in state) == (norm == "bn")
+    rng = np.random.default_rng(0)
+    a, b, at, bt = (jnp.asarray(rng.normal(size=(32, 8)), jnp.float32) for _ in range(4))
+    shift = jnp.asarray(rng.normal(size=(8,)) * 3, jnp.float32)
+    base, _ = method.loss(params, state, Embeddings(a, b, at, bt))
+    moved, _ = method.loss(params, state, Embeddings(a + shift, b + shift, at, bt))
+    if norm == "bn":
+        np.testing.assert_allclose(float(moved), float(base), rtol=1e-5)
+    else:
+        assert abs(float(moved) - float(base)) > 1e-3
 
 
 def test_every_registered_method_trains_a_few_steps(tmp_path, one_device):

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
         vicreg_cov=1.0,
         predictor_loss="cosine",  # predictor: mse | cosine
         predictor_hidden=(256,),
+        predictor_norm="ln",  # norm of the predictor head's hidden layers: ln | bn (BYOL's) | none
         target_momentum=0.99,  # EMA target network of the predictor baseline
         # gmje_em: online EM prototypes (num_components of them)
         em_momentum=0.9,  # EMA of the sufficient statistics (also GNG's statistics)

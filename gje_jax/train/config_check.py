@@ -17,6 +17,7 @@ _CHOICES = {
     "method.bank_kernel": ("shared", "isotropic"),
     "method.bank_loss": ("nll", "contrastive", "both"),
     "method.pooled_shape": POOLED_SHAPES,
+    "method.predictor_norm": ("ln", "bn", "none"),
 }
 
 

@@ -27,6 +27,7 @@ _IDENTITY_FIELDS = (
     "method.estimator",
     "method.num_components",
     "method.mdn_covariance",
+    "method.predictor_norm",
     "method.gng_capacity",
     "method.gng_covariance",
     "method.bank_size",
