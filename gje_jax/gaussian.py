@@ -147,10 +147,7 @@ def pooled_variance(weights: jax.Array, means: jax.Array, covs: jax.Array) -> ja
       >>> float(gje_jax.pooled_variance(w, mu, jnp.zeros((2, 2, 2))))    # (1 + 0) / 2
       0.5
     """
-    w = v.as_float(weights, "weights")
-    m = w @ means
-    spread = jnp.sum((means - m) ** 2, axis=-1) + jnp.trace(covs, axis1=-2, axis2=-1)
-    return (w @ spread) / means.shape[-1]
+    return jnp.trace(pooled_covariance(weights, means, covs)) / means.shape[-1]
 
 
 def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -70,11 +70,10 @@ def test_pooled_variance_and_covariance_are_the_law_of_total_covariance():
     # Textbook, uncentred: Cov = sum_k w_k (Sigma_k + mu_k mu_k^T) - m m^T, in float64.
     m = w @ mu
     total = np.einsum("k,kde->de", w, covs + np.einsum("kd,ke->kde", mu, mu)) - np.outer(m, m)
-    args = lambda shift=0.0: (
-        jnp.asarray(w, jnp.float32),
-        jnp.asarray(mu + shift, jnp.float32),
-        jnp.asarray(covs, jnp.float32),
-    )  # noqa: E731
+
+    def args(shift=0.0):
+        return jnp.asarray(w, jnp.float32), jnp.asarray(mu + shift, jnp.float32), jnp.asarray(covs, jnp.float32)
+
     np.testing.assert_allclose(float(gje_jax.pooled_variance(*args())), np.trace(total) / d, rtol=1e-5)
     np.testing.assert_allclose(gje_jax.pooled_covariance(*args()), total, rtol=1e-5, atol=1e-5 * np.abs(total).max())
     # Far from the origin the centred form keeps float32 precision (the uncentred one

@@ -352,26 +352,20 @@ def _predictor(m) -> Method:
     """A predictor head on the online embeddings, regressed on the EMA target network's.
 
     With predictor_norm = 'bn' (BYOL's head) the head always normalises with the current
-    batch's statistics: it only ever runs in training, so running averages would never be
-    read. Its batch_stats collection rides in the method state unchanged, for `apply`
-    (with 'ln' or 'none' the state stays empty, as in runs made before this option)."""
+    batch's statistics: it only runs in training, so running averages would never be read,
+    and flax creates (then the loss discards) its batch_stats on each call: no state."""
 
     def head(e):
         return Predictor(hidden=tuple(m.predictor_hidden), out_dim=e, norm=m.predictor_norm)
 
     def init(key, e, _):
-        variables = head(e).init(key, jnp.zeros((2, e)), train=False)
-        stats = variables.get("batch_stats")
-        return {"predictor": variables["params"]}, ({"predictor_bn": stats} if stats else {})
+        return {"predictor": head(e).init(key, jnp.zeros((1, e)), train=False)["params"]}, {}
 
     def loss(params, state, emb):
         e = emb.a.shape[1]
-        variables = {"params": params["predictor"]}
-        if "predictor_bn" in state:
-            variables["batch_stats"] = state["predictor_bn"]
 
         def pred(x):
-            return head(e).apply(variables, x, train=True, mutable=["batch_stats"])[0]
+            return head(e).apply({"params": params["predictor"]}, x, train=True, mutable=["batch_stats"])[0]
 
         la, ma = losses.predictor_loss(pred(emb.a), emb.b_target, kind=m.predictor_loss)
         lb, _ = losses.predictor_loss(pred(emb.b), emb.a_target, kind=m.predictor_loss)
