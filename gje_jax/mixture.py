@@ -25,11 +25,13 @@ from jax import lax
 from gje_jax import _validation as v
 from gje_jax import linalg
 
-# Whitened residuals (float32) per chunk in the forward pass, 2 MiB: chunks reuse cache-
-# resident buffers (fresh large buffers cost page faults on CPU: 2x slower gradients at
-# K = 16, measured). The gradient's chunks are twice as large: with three GEMMs per chunk
-# it measured 10-20 % faster that way at K = 16, 64, 256, the forward 10 % slower.
-CHUNK_ELEMENTS = 1 << 19
+# Whitened residuals (float32) per chunk in the forward pass, 8 MiB; the gradient's chunks
+# are half that. Chunks reuse cache-resident buffers (fresh large buffers cost page faults
+# on CPU: 2x slower gradients at K = 16, measured), but a chunk's GEMM wants many rows.
+# Distances alone, forward ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) on 2 cores:
+# 2 MiB chunks 1.97 / 2.21 / 3.70, 8 MiB 1.09 / 1.79 / 2.79, unchunked 1.17 / 1.79 / 10.7.
+# Gradients with 4 MiB chunks 8.1 / 10.6 / 17.3, with 16 MiB 7.7 / 10.5 / 29.4.
+CHUNK_ELEMENTS = 1 << 21
 
 
 def _map_over_rows(fn, x: jax.Array, rows_per_chunk: int) -> jax.Array:
@@ -67,8 +69,8 @@ def component_log_probs(
       z: [N, D] points.
       means: [K, D].
       scale_trils: [K, D, D] lower Cholesky factors.
-      chunk_elements: bound on K * rows * D per chunk of the whitened residuals (twice
-        that in the gradient).
+      chunk_elements: bound on K * rows * D per chunk of the whitened residuals (half that
+        in the gradient).
 
     Returns:
       (log_probs [N, K], mahalanobis [N, K]) in float32, the squared distances
@@ -107,7 +109,7 @@ def _residuals(zc, mat, off, k, component_minor):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _mahalanobis(z, mat, off, rows: int, k: int, component_minor: bool) -> jax.Array:
     """|W_k z_n - W_k mu_k|^2: [N, K]. z: [N, D]; mat, off: see `_residuals`; rows: points
-    per chunk (twice that in the gradient). One GEMM per chunk; the gradient recomputes the
+    per chunk (half that in the gradient). One GEMM per chunk; the gradient recomputes the
     residuals chunk by chunk instead of storing them, so [N, K, D] never lives in memory."""
     axis = 1 if component_minor else 2
     return _map_over_rows(lambda zc: jnp.sum(jnp.square(_residuals(zc, mat, off, k, component_minor)), axis), z, rows)
@@ -120,7 +122,7 @@ def _mahalanobis_fwd(z, mat, off, rows, k, component_minor):
 def _mahalanobis_bwd(rows, k, component_minor, res, g):
     z, mat, off = res
     n = z.shape[0]
-    rows = max(1, min(2 * rows, n))  # see CHUNK_ELEMENTS
+    rows = max(1, min(rows // 2, n))  # see CHUNK_ELEMENTS
     g_axis = 1 if component_minor else 2
 
     def body(carry, xs):
