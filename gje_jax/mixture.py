@@ -28,9 +28,10 @@ from gje_jax import linalg
 # Whitened residuals (float32) per chunk in the forward pass, 8 MiB; the gradient's chunks
 # are half that. Chunks reuse cache-resident buffers (fresh large buffers cost page faults
 # on CPU: 2x slower gradients at K = 16, measured), but a chunk's GEMM wants many rows.
-# Distances alone, forward ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) on 2 cores:
-# 2 MiB chunks 1.97 / 2.21 / 3.70, 8 MiB 1.09 / 1.79 / 2.79, unchunked 1.17 / 1.79 / 10.7.
-# Gradients with 4 MiB chunks 8.1 / 10.6 / 17.3, with 16 MiB 7.7 / 10.5 / 29.4.
+# Distances alone, forward ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) /
+# (4096, 64, 32) on 2 cores: 2 MiB chunks 1.97 / 2.21 / 3.70, 8 MiB 1.09 / 1.79 / 2.79,
+# unchunked 1.17 / 1.79 / 10.7. Gradients with 4 MiB chunks 8.1 / 10.6 / 17.3, with 16 MiB
+# 7.7 / 10.5 / 29.4.
 CHUNK_ELEMENTS = 1 << 21
 
 
