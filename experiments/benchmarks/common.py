@@ -31,9 +31,15 @@ def time_call(fn, *args, min_time: float = 0.5, max_reps: int = 50) -> float:
     return 1e3 * float(np.median(times))
 
 
-def time_interleaved(fns: dict, min_time: float = 1.0, min_rounds: int = 7, max_rounds: int = 60, seed: int = 0):
-    """Times several no-argument callables side by side: each round calls every one once in a
+def time_interleaved(
+    fns: dict, min_time: float = 1.0, min_rounds: int = 7, max_rounds: int = 60, seed: int = 0, warm: bool = True
+):
+    """Times several no-argument callables side by side: each round calls every one in a
     shuffled order, so a change in background load hits all of them alike.
+
+    warm: each timed call follows an untimed call of the same function. Without it, a call
+    right after a *different* program also pays for waking the intra-op thread pool and
+    refilling caches; the steady state a kernel has inside a loop is what we compare.
 
     Returns {name: median ms} and {name: per-round times in ms} (results blocked on).
     """
@@ -49,6 +55,8 @@ def time_interleaved(fns: dict, min_time: float = 1.0, min_rounds: int = 7, max_
         time.perf_counter() - start < min_time * len(names) and len(times[names[0]]) < max_rounds
     ):
         for i in rng.permutation(len(names)):
+            if warm:
+                jax.block_until_ready(fns[names[i]]())
             t0 = time.perf_counter()
             jax.block_until_ready(fns[names[i]]())
             times[names[i]].append(1e3 * (time.perf_counter() - t0))
