@@ -12,9 +12,10 @@ against a jnp matmul measured in the same run, and the compiled temporary memory
 gradient against the [K, N, D] whitened-residual bound.
 
 Timing: the JAX implementations of one size are called in shuffled rounds (one timed call
-each per round, after an untimed one of the same function) and each ratio is the median of per-round ratios, so load that drifts during the run
-hits all alike; this is repeated `--repeats` times and the median and range reported (on a
-shared 2-core VM, separate runs of one call differ by up to 1.5x).
+each per round, after an untimed one of the same function) and each ratio is the median of
+per-round ratios, so load that drifts during the run hits all alike; this is repeated
+`--repeats` times and the median and range reported (on a shared 2-core VM, separate runs of
+one call differ by up to 1.5x).
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ def set_method(c: ml_collections.ConfigDict, method: str) -> None:
     # NLL's pull (aligning the views) against the geometry term's push (decorrelating the
     # dimensions); with the fixed output scale of set_method_model, lambda_geo no longer has
     # to be 1 for scale invariance. EM at 800 steps, kNN k=200 with lambda_geo 2 / 1 / 0.5 /
-    # 0.25 / 0.125: 47.2 / 48.3 / 48.9 / 49.0 / 49.1 (0: dimensional collapse, NaN at step
-    # 225). At 2400 steps, 0.125 against 1: EM 51.8 / 48.3, GNG 49.6 / 48.3, MDN 53.7 / 48.5.
+    # 0.25 / 0.125: 47.2 / 48.3 / 48.9 / 49.0 / 49.1 (0: the NLL fell without bound, NaN at
+    # step 225). At 2400 steps, 0.125 against 1: EM 51.8 / 48.3, GNG 49.6 / 48.3, MDN 53.7 / 48.5.
     if method in ("gmje_em", "gmje_gng", "gmje_mdn"):
         m.lambda_geo = 0.125
     m.mdn_hidden = (256,)
