@@ -58,6 +58,10 @@ def _define_flags(flag_values=flags.FLAGS) -> None:
             **kw,
         ),
     )
+    # An empty --workdir= would train into the current directory (and reuse whatever run is there).
+    flags.register_validator(
+        "workdir", lambda v: bool(v and v.strip()), message="--workdir must name a directory, got ''.", **kw
+    )
 
 
 def _load_config_module(path: str):

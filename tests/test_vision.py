@@ -357,3 +357,8 @@ def test_report_overrides_set_typed_fields_and_reject_unknown_paths():
     fv(["report_vision", "--workdir=w", "--set=model.widths=(4,8)", "--set=method.pooled_eps_rel=1"])
     c = report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, fv["set"].value)
     assert tuple(c.model.widths) == (4, 8) and c.method.pooled_eps_rel == 1.0
+    # An empty --workdir (a shell variable that was never set) is refused, not the current directory.
+    empty = flags.FlagValues()
+    report_vision._define_flags(empty)
+    with pytest.raises(flags.IllegalFlagValueError, match="--workdir must name a directory"):
+        empty(["report_vision", "--workdir="])
