@@ -60,7 +60,7 @@ def _define_flags(flag_values=flags.FLAGS) -> None:
     )
     # An empty --workdir= would train into the current directory (and reuse whatever run is there).
     flags.register_validator(
-        "workdir", lambda v: bool(v and v.strip()), message="--workdir must name a directory, got ''.", **kw
+        "workdir", lambda v: bool(v and v.strip()), message="--workdir must name a directory, got an empty value.", **kw
     )
 
 

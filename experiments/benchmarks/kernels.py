@@ -8,8 +8,8 @@ scikit-learn (`score_samples`, float64, forward only, precisions precomputed as 
 `fit`) and a naive inverse-based jnp version; conditional inference (responsibilities,
 conditional means and covariances) vs the naive jnp version and a float64 numpy/scipy
 `cho_solve` version. Prints each reference's time / ours (> 1: ours faster), our GFLOP/s and
-the fastest reference's against a jnp matmul measured in the same run, and the compiled temporary memory of our
-gradient against the [K, N, D] whitened-residual bound.
+the fastest reference's against a jnp matmul measured in the same run, and the compiled
+temporary memory of our gradient against the [K, N, D] whitened-residual bound.
 
 Timing: the JAX implementations of one size are called in shuffled rounds (one timed call
 each per round, after an untimed one of the same function) and each ratio is the median of
