@@ -27,11 +27,11 @@ from gje_jax import linalg
 
 # Whitened residuals (float32) per chunk in the forward pass, 8 MiB; the gradient's chunks
 # are half that. Chunks reuse cache-resident buffers (fresh large buffers cost page faults
-# on CPU: 2x slower gradients at K = 16, measured), but a chunk's GEMM wants many rows.
-# Distances alone, forward ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) /
-# (4096, 64, 32) on 2 cores: 2 MiB chunks 1.97 / 2.21 / 3.70, 8 MiB 1.09 / 1.79 / 2.79,
-# unchunked 1.17 / 1.79 / 10.7. Gradients with 4 MiB chunks 8.1 / 10.6 / 17.3, with 16 MiB
-# 7.7 / 10.5 / 29.4.
+# on CPU), but a chunk's GEMM wants many rows and each chunk costs a loop step. Whole
+# log-density on 2 cores, ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32):
+# forward with 2 / 4 / 8 / 16 MiB chunks 1.56 / 1.35 / 1.30 / 10.4, 1.84 / 1.78 / 1.66 / 1.83,
+# 2.72 / 2.63 / 2.39 / 2.73; value and gradient with 2 / 4 / 8 MiB gradient chunks
+# 5.2 / 4.8 / 14.0, 7.96 / 7.69 / 7.76, 10.9 / 10.3 / 10.8.
 CHUNK_ELEMENTS = 1 << 21
 
 
@@ -49,6 +49,47 @@ def _chunked(x: jax.Array, rows: int) -> jax.Array:
     n = x.shape[0]
     num = -(-n // rows)
     return jnp.pad(x, [(0, num * rows - n)] + [(0, 0)] * (x.ndim - 1)).reshape((num, rows) + x.shape[1:])
+
+
+def _sum_of_squares(y: jax.Array, axis: int, shift: jax.Array | None = None) -> jax.Array:
+    """sum((y - shift)^2) over `axis`: the distances' last pass over [n, K, D] residuals.
+
+    shift (optional) broadcasts against y and has y's length along `axis`.
+
+    On CPU by pairwise halving: slices are added level by level, which XLA fuses with the
+    shift and the square into one elementwise pass after the GEMM. Its reduce over a short
+    axis measured slower there. Forward log-density at (N, K, D) = (4096, 1, 128): 0.46-0.52
+    ms against 0.74. Whitened distances at (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) /
+    (8192, 8, 256): 0.73 / 1.74 / 2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3. The shift
+    and the square apply to the first level's slices, not before slicing: XLA's CPU fusion
+    materialised an array that two slices read (0.73 ms against 1.13 at (1024, 256, 16)).
+    Other backends keep jnp.sum.
+    """
+
+    def part(y, shift, lo, hi):
+        a = lax.slice_in_dim(y, lo, hi, axis=axis)
+        if shift is not None:
+            a = a - lax.slice_in_dim(shift, lo, hi, axis=axis)
+        return jnp.square(a)
+
+    def halve(x, fn):  # fn(first half) + fn(second half), with an odd last slice kept
+        n = x.shape[axis]
+        h = n // 2
+        head = fn(0, h) + fn(h, 2 * h)
+        return jnp.concatenate([head, fn(2 * h, n)], axis) if n % 2 else head
+
+    def pairwise(y, shift=None):
+        n = y.shape[axis]
+        x = halve(y, lambda lo, hi: part(y, shift, lo, hi)) if n > 1 else part(y, shift, 0, 1)
+        while x.shape[axis] > 1:
+            x = halve(x, functools.partial(lax.slice_in_dim, x, axis=axis))
+        return jnp.squeeze(x, axis)
+
+    def reduce(y, shift=None):
+        return jnp.sum(jnp.square(y if shift is None else y - shift), axis)
+
+    args = (y,) if shift is None else (y, shift)
+    return lax.platform_dependent(*args, cpu=pairwise, default=reduce)
 
 
 def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
@@ -112,8 +153,11 @@ def _mahalanobis(z, mat, off, rows: int, k: int, component_minor: bool) -> jax.A
     """|W_k z_n - W_k mu_k|^2: [N, K]. z: [N, D]; mat, off: see `_residuals`; rows: points
     per chunk (half that in the gradient). One GEMM per chunk; the gradient recomputes the
     residuals chunk by chunk instead of storing them, so [N, K, D] never lives in memory."""
-    axis = 1 if component_minor else 2
-    return _map_over_rows(lambda zc: jnp.sum(jnp.square(_residuals(zc, mat, off, k, component_minor)), axis), z, rows)
+    d = z.shape[1]
+    axis, shape = (1, (d, k)) if component_minor else (2, (k, d))
+    shift = off.reshape((1,) + shape)
+    # The whitened means are subtracted inside the sum of squares (see there why).
+    return _map_over_rows(lambda zc: _sum_of_squares((zc @ mat.T).reshape((-1,) + shape), axis, shift), z, rows)
 
 
 def _mahalanobis_fwd(z, mat, off, rows, k, component_minor):
@@ -128,14 +172,17 @@ def _mahalanobis_bwd(rows, k, component_minor, res, g):
 
     def body(carry, xs):
         zc, gc = xs
-        dmat, doff = carry
+        dmat_t, doff = carry
         y = _residuals(zc, mat, off, k, component_minor)
         yb = (2.0 * jnp.expand_dims(gc, g_axis) * y).reshape(zc.shape[0], -1)  # d|y|^2 / dy
-        return (dmat + yb.T @ zc, doff - jnp.sum(yb, axis=0)), yb @ mat
+        # The factor gradient is accumulated transposed, [D, K D]: the same product as
+        # yb.T @ zc, but XLA's CPU GEMM with the long K D axis as the output's minor one ran
+        # 2.5x faster (whole backward at (N, K, D) = (1024, 256, 16): 3.0 ms against 7.5).
+        return (dmat_t + zc.T @ yb, doff - jnp.sum(yb, axis=0)), yb @ mat
 
-    init = (jnp.zeros_like(mat), jnp.zeros_like(off))
-    (dmat, doff), dz = lax.scan(body, init, (_chunked(z, rows), _chunked(g, rows)))
-    return dz.reshape(-1, z.shape[1])[:n], dmat, doff
+    init = (jnp.zeros_like(mat.T), jnp.zeros_like(off))
+    (dmat_t, doff), dz = lax.scan(body, init, (_chunked(z, rows), _chunked(g, rows)))
+    return dz.reshape(-1, z.shape[1])[:n], dmat_t.T, doff
 
 
 _mahalanobis.defvjp(_mahalanobis_fwd, _mahalanobis_bwd)
@@ -189,7 +236,7 @@ _solve_rows_transposed = _row_solver(1)
 
 def _mahalanobis_one_fwd(z, mean, scale_tril):
     y = _solve_rows(scale_tril, z - mean)  # [N, D]
-    return jnp.sum(y * y, axis=1), (scale_tril, y)
+    return _sum_of_squares(y, 1), (scale_tril, y)
 
 
 def _mahalanobis_one_bwd(res, g):

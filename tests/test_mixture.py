@@ -206,7 +206,7 @@ def test_public_api_names():
 
 @pytest.mark.parametrize(
     "k,d,chunk",
-    [(1, 5, 1 << 20), (1, 130, 1 << 20), (3, 8, 64), (3, 256, 1 << 12), (9, 20, 200), (12, 130, 1 << 14)],
+    [(1, 5, 1 << 20), (1, 130, 1 << 20), (3, 8, 64), (5, 13, 100), (3, 256, 1 << 12), (9, 20, 200), (12, 130, 1 << 14)],
 )
 def test_mahalanobis_kernels_value_and_gradient(k, d, chunk):
     """The hand-written gradients (K = 1 triangular solves; K > 1 blocked GEMMs in N-chunks,
@@ -269,3 +269,17 @@ def test_single_gaussian_under_vmap_matches_and_avoids_batched_lapack():
     shared = jax.vmap(grad, in_axes=(0, None, None))(zs, mus[0], ls[0])
     for i in range(b):
         np.testing.assert_allclose(shared[0][i], grad(zs[i], mus[0], ls[0])[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 7, 3), 1), ((3, 6, 5), 2), ((4, 1), 1), ((2, 513), 1), ((2, 3, 1), 2)])
+def test_pairwise_sum_of_squares_matches_numpy(shape, axis):
+    """The distances' sum of squares (pairwise halving on CPU, odd lengths included), with and
+    without the subtracted shift, against float64 numpy."""
+    from gje_jax.mixture import _sum_of_squares
+
+    rng = np.random.default_rng(len(shape) * 100 + shape[axis])
+    y = rng.normal(size=shape) * 3
+    shift = rng.normal(size=(1,) + shape[1:])
+    np.testing.assert_allclose(jax.jit(lambda y: _sum_of_squares(y, axis))(f32(y)), np.sum(y**2, axis), rtol=1e-6)
+    got = jax.jit(lambda y, s: _sum_of_squares(y, axis, s))(f32(y), f32(shift))
+    np.testing.assert_allclose(got, np.sum((y - shift) ** 2, axis), rtol=1e-6)

@@ -31,35 +31,62 @@ def time_call(fn, *args, min_time: float = 0.5, max_reps: int = 50) -> float:
     return 1e3 * float(np.median(times))
 
 
-def time_interleaved(
-    fns: dict, min_time: float = 1.0, min_rounds: int = 7, max_rounds: int = 60, seed: int = 0, warm: bool = True
-):
-    """Times several no-argument callables side by side: each round calls every one in a
-    shuffled order, so a change in background load hits all of them alike.
+def configure_allocator() -> str:
+    """Fixes glibc malloc's mmap threshold at 32 MiB (and its trim threshold at 1 GiB).
 
-    warm: each timed call follows an untimed call of the same function. Without it, a call
-    right after a *different* program also pays for waking the intra-op thread pool and
-    refilling caches; the steady state a kernel has inside a loop is what we compare.
+    glibc adapts the threshold to the history of frees, so whether a large XLA buffer comes
+    from reused heap memory or from fresh mmap pages (one page fault per 4 KiB, every call)
+    differs from process to process. Measured: distrax's forward at (4096, 16, 64) ran
+    either 4-5 ms or 13-18 ms depending on the run; with the threshold fixed, 4.1-4.9 ms
+    in every run. Returns the setting (or why none was made)."""
+    import ctypes
+    import sys
 
-    Returns {name: median ms} and {name: per-round times in ms} (results blocked on).
+    if not sys.platform.startswith("linux"):
+        return "default (not linux)"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default (no glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30):
+        return "mmap threshold 32 MiB"
+    return "default (mallopt refused)"
+
+
+def time_blocks(fns: dict, settle: float = 0.2, block: float = 0.2, min_calls: int = 5, rounds: int = 5, seed: int = 0):
+    """Times several no-argument callables, each in its own steady state.
+
+    Every round visits the callables in a shuffled order. Each visit first calls the callable
+    untimed for `settle` seconds, then times consecutive calls for `block` seconds (at least
+    `min_calls`) and keeps their median. So a change in background load hits all alike, and no
+    callable pays for the one before it: OpenBLAS (behind jaxlib's LAPACK calls and NumPy)
+    leaves its threads spinning for a while after a call, taking CPU from whatever runs next
+    (measured: our forward at (4096, 16, 64) took 3.5 ms right after distrax's calls, 2.2 ms
+    with OPENBLAS_THREAD_TIMEOUT=4, which makes them sleep almost at once, and 2.1 ms in its
+    own block).
+
+    Returns {name: median over rounds, ms} and {name: per-round block medians, ms}.
     """
     import jax
 
     names = list(fns)
-    for name in names:  # warm-up
-        jax.block_until_ready(fns[name]())
     rng = np.random.default_rng(seed)
     times = {name: [] for name in names}
-    start = time.perf_counter()
-    while len(times[names[0]]) < min_rounds or (
-        time.perf_counter() - start < min_time * len(names) and len(times[names[0]]) < max_rounds
-    ):
+    for _ in range(rounds):
         for i in rng.permutation(len(names)):
-            if warm:
-                jax.block_until_ready(fns[names[i]]())
-            t0 = time.perf_counter()
-            jax.block_until_ready(fns[names[i]]())
-            times[names[i]].append(1e3 * (time.perf_counter() - t0))
+            fn = fns[names[i]]
+            end = time.perf_counter() + settle
+            jax.block_until_ready(fn())
+            while time.perf_counter() < end:
+                jax.block_until_ready(fn())
+            calls = []
+            end = time.perf_counter() + block
+            while len(calls) < min_calls or time.perf_counter() < end:
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                calls.append(time.perf_counter() - t0)
+            times[names[i]].append(1e3 * float(np.median(calls)))
     return {name: float(np.median(t)) for name, t in times.items()}, times
 
 

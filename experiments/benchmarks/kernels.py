@@ -11,11 +11,13 @@ conditional means and covariances) vs the naive jnp version and a float64 numpy/
 the fastest reference's against a jnp matmul measured in the same run, and the compiled
 temporary memory of our gradient against the [K, N, D] whitened-residual bound.
 
-Timing: the JAX implementations of one size are called in shuffled rounds (one timed call
-each per round, after an untimed one of the same function) and each ratio is the median of
-per-round ratios, so load that drifts during the run hits all alike; this is repeated
-`--repeats` times and the median and range reported (on a shared 2-core VM, separate runs of
-one call differ by up to 1.5x).
+Timing (`common.time_blocks`): the JAX implementations of one size are visited in shuffled
+rounds; each visit runs one implementation alone, untimed for 0.2 s and then timed for 0.2 s,
+so none pays for the BLAS threads the previous one left spinning, and load that drifts during
+the run hits all alike. Each ratio is the median of per-round ratios; this is repeated
+`--repeats` times and the median and range reported. glibc's mmap threshold is fixed first
+(`common.configure_allocator`), which removes a slow mode of the references that otherwise
+appeared in some processes and not others.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 from experiments.benchmarks import common
 
 POOL = common.configure_cpu_pool()
+ALLOCATOR = common.configure_allocator()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -37,6 +40,7 @@ import gje_jax  # noqa: E402
 
 SIZES = [(4096, 1, 128), (4096, 1, 512), (4096, 16, 64), (4096, 64, 32), (1024, 256, 16), (8192, 8, 256)]
 QUICK = [(1024, 1, 32), (1024, 8, 16)]
+ROUNDS = 3  # per repeat
 
 
 def _inputs(n, k, d, seed=0):
@@ -124,20 +128,15 @@ def bench_log_density(sizes, ceiling, repeats):
             grad_calls[name] = functools.partial(grad, *args)
             if name == "ours":
                 temp = grad.memory_analysis().temp_size_in_bytes if grad.memory_analysis() else float("nan")
-        sk = sklearn_fn(*[np.asarray(a) for a in args[1:]])
-        z64 = np.asarray(args[0])
-        # Interleaved: every round calls each JAX implementation once, so drifting background
-        # load hits all alike; ratios are medians of per-round ratios, then the median over
-        # `repeats` such measurements (their spread is reported). scikit-learn runs apart: its
-        # BLAS threads keep spinning after a call and would slow whatever follows.
+        fwd_calls["sklearn"] = functools.partial(sklearn_fn(*[np.asarray(a) for a in args[1:]]), np.asarray(args[0]))
+        # Each implementation is timed in blocks of its own calls (see common.time_blocks);
+        # ratios are medians of per-round ratios, then the median over `repeats` such
+        # measurements (their spread is reported).
         fwd_r, grad_r, fwd_abs, grad_abs = [], [], [], []
         for rep in range(repeats):
-            fwd_ms, fwd_t = common.time_interleaved(fwd_calls, seed=rep)
-            grad_ms, grad_t = common.time_interleaved(grad_calls, seed=rep)
-            fwd_ms["sklearn"] = common.time_call(functools.partial(sk, z64))
-            ratios = {r: common.ratio(fwd_t, r) for r in fwd_t if r != "ours"}
-            ratios["sklearn"] = fwd_ms["sklearn"] / fwd_ms["ours"]
-            fwd_r.append(ratios)
+            fwd_ms, fwd_t = common.time_blocks(fwd_calls, rounds=ROUNDS, seed=rep)
+            grad_ms, grad_t = common.time_blocks(grad_calls, rounds=ROUNDS, seed=rep)
+            fwd_r.append({r: common.ratio(fwd_t, r) for r in fwd_t if r != "ours"})
             grad_r.append({r: common.ratio(grad_t, r) for r in grad_t if r != "ours"})
             fwd_abs.append(fwd_ms)
             grad_abs.append(grad_ms)
@@ -236,7 +235,7 @@ def bench_condition(sizes, ceiling, repeats):
         f_naive = jax.jit(naive_condition, static_argnums=4)
         c64 = z[:, :split].astype(np.float64)
         calls = {"ours": functools.partial(f_ours, *args, split), "naive_inv": functools.partial(f_naive, *args, split)}
-        reps = [common.time_interleaved(calls, seed=rep) for rep in range(repeats)]
+        reps = [common.time_blocks(calls, rounds=ROUNDS, seed=rep) for rep in range(repeats)]
         t_ours = float(np.median([ms["ours"] for ms, _ in reps]))
         naive_ratios = [common.ratio(times, "naive_inv") for _, times in reps]
         t_np = common.time_call(functools.partial(numpy_condition, c64, logits, means, chols, split))
@@ -275,7 +274,9 @@ def main():
     parser = argparse.ArgumentParser(description="Core kernel benchmark")
     parser.add_argument("--quick", action="store_true", help="two small sizes (smoke run)")
     parser.add_argument("--out", default=None, help="also write the report here (Markdown)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per size (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements per size, each of 3 rounds (median reported)"
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else SIZES
     ceiling = common.matmul_gflops()
@@ -283,7 +284,8 @@ def main():
 
     head = (
         f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {jax.default_backend()}, "
-        f"devices {jax.device_count()}, cpu count {__import__('os').cpu_count()}, PJRT_NPROC={POOL}; "
+        f"devices {jax.device_count()}, cpu count {__import__('os').cpu_count()}, PJRT_NPROC={POOL}, "
+        f"malloc: {ALLOCATOR}; "
         f"jnp matmul 2048^2: {ceiling:.1f} GFLOP/s"
     )
     report = [
