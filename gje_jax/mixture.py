@@ -29,9 +29,10 @@ from gje_jax import linalg
 # are half that. Chunks reuse cache-resident buffers (fresh large buffers cost page faults
 # on CPU), but a chunk's GEMM wants many rows and each chunk costs a loop step. Whole
 # log-density on 2 cores, ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32):
-# forward with 2 / 4 / 8 / 16 MiB chunks 1.56 / 1.35 / 1.30 / 10.4, 1.84 / 1.78 / 1.66 / 1.83,
-# 2.72 / 2.63 / 2.39 / 2.73; value and gradient with 2 / 4 / 8 MiB gradient chunks
-# 5.2 / 4.8 / 14.0, 7.96 / 7.69 / 7.76, 10.9 / 10.3 / 10.8.
+# forward with 2 / 4 / 8 / 16 MiB chunks 1.28 / 1.10 / 1.02 / 0.91 (16 MiB is unchunked
+# there), 1.92 / 1.80 / 1.69 / 1.87, 2.74 / 2.59 / 2.47 / 2.77 (32 MiB: 15.9); value and
+# gradient with 2 / 4 / 8 MiB gradient chunks 5.2 / 4.8 / 14.0, 7.96 / 7.69 / 7.76,
+# 10.9 / 10.3 / 10.8.
 CHUNK_ELEMENTS = 1 << 21
 
 
