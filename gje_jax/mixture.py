@@ -57,17 +57,29 @@ def _sum_of_squares(y: jax.Array, axis: int, shift: jax.Array | None = None) -> 
 
     shift (optional) broadcasts against y and has y's length along `axis`.
 
-    On CPU by pairwise halving: slices are added level by level, which XLA fuses with the
-    shift and the square into one elementwise pass after the GEMM. Its reduce over a short
-    axis measured slower there. Forward log-density at (N, K, D) = (4096, 1, 128): 0.46-0.52
-    ms against 0.74. Whitened distances at (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) /
-    (8192, 8, 256): 0.73 / 1.74 / 2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3. The shift
-    and the square apply to the first level's slices, not before slicing: XLA's CPU fusion
-    materialised an array that two slices read (0.73 ms against 1.13 at (1024, 256, 16)).
-    Other backends keep jnp.sum.
+    On CPU by pairwise halving (`_pairwise_sum_of_squares`), other backends by jnp.sum
+    (`_reduced_sum_of_squares`): XLA's CPU reduce over a short axis measured slower. Forward
+    log-density at (N, K, D) = (4096, 1, 128): 0.46-0.52 ms against 0.74. Whitened distances
+    at (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) / (8192, 8, 256): 0.73 / 1.74 /
+    2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3.
     """
+    args = (y,) if shift is None else (y, shift)
+    cpu = functools.partial(_pairwise_sum_of_squares, axis=axis)
+    other = functools.partial(_reduced_sum_of_squares, axis=axis)
+    return lax.platform_dependent(*args, cpu=cpu, default=other)
 
-    def part(y, shift, lo, hi):
+
+def _reduced_sum_of_squares(y, shift=None, *, axis):
+    return jnp.sum(jnp.square(y if shift is None else y - shift), axis)
+
+
+def _pairwise_sum_of_squares(y, shift=None, *, axis):
+    """Slices are added level by level, which XLA fuses with the shift and the square into one
+    elementwise pass after the GEMM. The shift and the square apply to the first level's
+    slices, not before slicing: XLA's CPU fusion materialised an array that two slices read
+    (0.73 ms against 1.13 at (1024, 256, 16))."""
+
+    def part(lo, hi):
         a = lax.slice_in_dim(y, lo, hi, axis=axis)
         if shift is not None:
             a = a - lax.slice_in_dim(shift, lo, hi, axis=axis)
@@ -79,18 +91,10 @@ def _sum_of_squares(y: jax.Array, axis: int, shift: jax.Array | None = None) -> 
         head = fn(0, h) + fn(h, 2 * h)
         return jnp.concatenate([head, fn(2 * h, n)], axis) if n % 2 else head
 
-    def pairwise(y, shift=None):
-        n = y.shape[axis]
-        x = halve(y, lambda lo, hi: part(y, shift, lo, hi)) if n > 1 else part(y, shift, 0, 1)
-        while x.shape[axis] > 1:
-            x = halve(x, functools.partial(lax.slice_in_dim, x, axis=axis))
-        return jnp.squeeze(x, axis)
-
-    def reduce(y, shift=None):
-        return jnp.sum(jnp.square(y if shift is None else y - shift), axis)
-
-    args = (y,) if shift is None else (y, shift)
-    return lax.platform_dependent(*args, cpu=pairwise, default=reduce)
+    x = halve(y, part) if y.shape[axis] > 1 else part(0, 1)
+    while x.shape[axis] > 1:
+        x = halve(x, functools.partial(lax.slice_in_dim, x, axis=axis))
+    return jnp.squeeze(x, axis)
 
 
 def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:

@@ -1,5 +1,7 @@
 """GaussianMixture / ConditionalMixture against scipy, scikit-learn and textbook float64 formulas."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -272,14 +274,19 @@ def test_single_gaussian_under_vmap_matches_and_avoids_batched_lapack():
 
 
 @pytest.mark.parametrize("shape,axis", [((5, 7, 3), 1), ((3, 6, 5), 2), ((4, 1), 1), ((2, 513), 1), ((2, 3, 1), 2)])
-def test_pairwise_sum_of_squares_matches_numpy(shape, axis):
-    """The distances' sum of squares (pairwise halving on CPU, odd lengths included), with and
-    without the subtracted shift, against float64 numpy."""
-    from gje_jax.mixture import _sum_of_squares
+def test_sum_of_squares_matches_numpy(shape, axis):
+    """The distances' sum of squares: the dispatcher, the CPU branch (pairwise halving, odd
+    lengths included) and the other backends' branch, with and without the subtracted
+    shift, against float64 numpy."""
+    from gje_jax import mixture
 
     rng = np.random.default_rng(len(shape) * 100 + shape[axis])
     y = rng.normal(size=shape) * 3
     shift = rng.normal(size=(1,) + shape[1:])
-    np.testing.assert_allclose(jax.jit(lambda y: _sum_of_squares(y, axis))(f32(y)), np.sum(y**2, axis), rtol=1e-6)
-    got = jax.jit(lambda y, s: _sum_of_squares(y, axis, s))(f32(y), f32(shift))
-    np.testing.assert_allclose(got, np.sum((y - shift) ** 2, axis), rtol=1e-6)
+    for fn in (
+        lambda *a: mixture._sum_of_squares(*a[:1], axis, *a[1:]),
+        functools.partial(mixture._pairwise_sum_of_squares, axis=axis),
+        functools.partial(mixture._reduced_sum_of_squares, axis=axis),
+    ):
+        np.testing.assert_allclose(jax.jit(fn)(f32(y)), np.sum(y**2, axis), rtol=1e-6)
+        np.testing.assert_allclose(jax.jit(fn)(f32(y), f32(shift)), np.sum((y - shift) ** 2, axis), rtol=1e-6)
