@@ -13,10 +13,14 @@ from the latest checkpoint. Ctrl-C / SIGTERM save at the next step and exit clea
 
 from __future__ import annotations
 
-import sys
+from experiments import threads
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+threads.default_openblas_threads()  # before numpy, scipy and jax load
+
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")

@@ -14,23 +14,27 @@ Writes OUT.md and OUT.csv (default WORKDIR/vision) and WORKDIR/METHOD/eval.json.
 
 from __future__ import annotations
 
-import ast
-import csv
-import importlib.util
-import json
-import os
-import shlex
-import sys
-import time
+from experiments import threads
 
-import jax
-import numpy as np
-from absl import app, flags, logging
+threads.default_openblas_threads()  # before numpy, scipy and jax load
 
-from gje_jax import evaluation
-from gje_jax.data import augment, images
-from gje_jax.models import build_network
-from gje_jax.train import loop
+import ast  # noqa: E402
+import csv  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from gje_jax import evaluation  # noqa: E402
+from gje_jax.data import augment, images  # noqa: E402
+from gje_jax.models import build_network  # noqa: E402
+from gje_jax.train import loop  # noqa: E402
 
 _FLAGS = {}
 

@@ -5,11 +5,12 @@ GJE (K = 1) and GMJE (K > 1); `ConditionalMixture` is p(t | c), one mixture over
 target block per query, shared by prototype GMJE, the MDN head, GNG and the SMC bank.
 Both are pytrees (flax.struct dataclasses): pass them through jit, vmap and grad.
 
-Densities: K = 1 is one triangular solve; K > 1 whitens residuals with W_k = L_k^{-1} in
-one GEMM per chunk of points, so at most `chunk_elements` residuals ([n, K, D]) live at
-once, in the gradient too (it recomputes them); nothing of size [N, K, D, D] or [N, N, D]
-is ever formed. Their gradients are hand-written reverse-mode rules (custom VJPs): use
-jax.grad / jax.vjp; forward-mode (jax.jvp, jacfwd, hessian) of a density is not supported.
+Densities whiten residuals with W_k = L_k^{-1} in one GEMM per chunk of points, so at most
+`chunk_elements` residuals ([n, K, D]) live at once, in the gradient too (it recomputes
+them); nothing of size [N, K, D, D] or [N, N, D] is ever formed. On GPU and TPU a single
+Gaussian (K = 1) is one triangular solve instead; on CPU no density calls LAPACK. Their
+gradients are hand-written reverse-mode rules (custom VJPs): use jax.grad / jax.vjp;
+forward-mode (jax.jvp, jacfwd, hessian) of a density is not supported.
 """
 
 from __future__ import annotations
@@ -198,9 +199,8 @@ def _mahalanobis_one(z: jax.Array, mean: jax.Array, scale_tril: jax.Array) -> ja
     """K = 1: |L^{-1}(z_n - mu)|^2 by one unbatched triangular solve. z: [N, D]; mean: [D];
     scale_tril: [D, D]. Returns [N].
 
-    A single Gaussian is the one case where LAPACK/cuBLAS trsm (N*D^2 flops at close to
-    matmul speed) beats GEMMs with W = L^{-1}; see `_row_solver` for why it stays safe
-    under vmap.
+    Used off CPU (see `_distances`): cuBLAS trsm does N*D^2 flops at close to matmul speed,
+    without forming W = L^{-1}. See `_row_solver` for why it stays safe under vmap.
     """
     return _mahalanobis_one_fwd(z, mean, scale_tril)[0]
 
@@ -274,12 +274,28 @@ def _whitened_distances(z: jax.Array, w: jax.Array, means: jax.Array, *, chunk_e
 
 
 def _distances(z, means, scale_trils, w, chunk_elements):
-    """[N, K] squared Mahalanobis distances: one triangular solve for K = 1, else GEMMs with
-    W = L^{-1} (passed as w when the caller already has it)."""
-    if means.shape[0] == 1:
+    """[N, K] squared Mahalanobis distances by GEMMs with W = L^{-1} (passed as w when the
+    caller already has it); on GPU and TPU, K = 1 is one triangular solve instead.
+
+    Why no solve for K = 1 on CPU: jaxlib's LAPACK there is OpenBLAS, whose threads keep
+    spinning after each call and take the cores from whatever runs next, such as the rest of
+    a training step (measured in `experiments/threads.py`). The GEMM path uses XLA's threads
+    only. Alone, it ran as fast as the solve at N = 4096 (forward 0.55 ms at D = 128, 5.5
+    against 5.7 at D = 512) and slower for small batches (0.23 against 0.15 ms at N = 128,
+    D = 256), which is small against what the spinning threads cost a step.
+    """
+
+    def by_gemm(z, means, scale_trils):
+        wk = linalg.tril_inverse(scale_trils) if w is None else w
+        return _whitened_distances(z, wk, means, chunk_elements=chunk_elements)
+
+    if means.shape[0] > 1:
+        return by_gemm(z, means, scale_trils)
+
+    def by_solve(z, means, scale_trils):
         return _mahalanobis_one(z, means[0], jnp.tril(scale_trils[0]))[:, None]
-    w = linalg.tril_inverse(scale_trils) if w is None else w
-    return _whitened_distances(z, w, means, chunk_elements=chunk_elements)
+
+    return lax.platform_dependent(z, means, scale_trils, cpu=by_gemm, default=by_solve)
 
 
 def _check_params(log_weights, means, scale_trils) -> None:

@@ -223,30 +223,49 @@ def test_mahalanobis_kernels_value_and_gradient(k, d, chunk):
     def ours(z, means, chols):
         return gje_jax.component_log_probs(z, means, chols, chunk_elements=chunk)[1]
 
+    if k == 1:  # also the triangular-solve kernel that GPU and TPU use for K = 1
+        from gje_jax.mixture import _mahalanobis_one
+
+        solve = lambda z, means, chols: _mahalanobis_one(z, means[0], jnp.tril(chols[0]))[:, None]
+        kernels = [ours, solve]
+    else:
+        kernels = [ours]
+
     def plain(z, means, chols):
         r = z[None] - means[:, None]  # [K, N, D]
         y = jax.vmap(lambda l, rk: jax.scipy.linalg.solve_triangular(l, rk.T, lower=True))(chols, r)
         return jnp.sum(y * y, axis=1).T
 
     y64 = np.stack([np.linalg.solve(chols[j], (z - means[j]).T) for j in range(k)])  # [K, D, N]
-    np.testing.assert_allclose(ours(f32(z), f32(means), f32(chols)), (y64**2).sum(1).T, rtol=2e-4, atol=2e-4)
     loss = lambda f: lambda *a: jnp.sum(f32(g) * f(*a))
-    got = jax.grad(loss(ours), argnums=(0, 1, 2))(f32(z), f32(means), f32(chols))
     ref = jax.grad(loss(plain), argnums=(0, 1, 2))(f32(z), f32(means), f32(chols))
-    for a, b in zip(got, ref):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.ndim == 3:
-            a, b = np.tril(a), np.tril(b)
-        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
     # d/dz analytically in float64: sum_k 2 g_nk Sigma_k^{-1} (z_n - mu_k).
     dz = sum(2 * g[:, j : j + 1] * np.linalg.solve(chols[j].T, y64[j]).T for j in range(k))
-    np.testing.assert_allclose(got[0], dz, rtol=1e-3, atol=1e-3)
+    for kernel in kernels:
+        np.testing.assert_allclose(kernel(f32(z), f32(means), f32(chols)), (y64**2).sum(1).T, rtol=2e-4, atol=2e-4)
+        got = jax.grad(loss(kernel), argnums=(0, 1, 2))(f32(z), f32(means), f32(chols))
+        for a, b in zip(got, ref):
+            a, b = np.asarray(a), np.asarray(b)
+            if a.ndim == 3:
+                a, b = np.tril(a), np.tril(b)
+            assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
+        np.testing.assert_allclose(got[0], dz, rtol=1e-3, atol=1e-3)
 
 
-def test_single_gaussian_under_vmap_matches_and_avoids_batched_lapack():
-    """K = 1 densities use one triangular solve; under vmap over factors they must switch to
-    matmuls (batched LAPACK gradients deadlock jaxlib 0.10.x on 2 cores), and under vmap over
-    points fold the batch into one solve. Both against per-item evaluation."""
+def _single_gaussian_log_prob_by_solve(z, mu, l):
+    """log N(z | mu[0], l[0] l[0]^T) through the triangular-solve kernel GPU and TPU use."""
+    from gje_jax.mixture import _mahalanobis_one
+
+    maha = _mahalanobis_one(z, mu[0], jnp.tril(l[0]))
+    return -0.5 * maha - jnp.sum(jnp.log(jnp.diagonal(l[0]))) - 0.5 * z.shape[1] * np.log(2 * np.pi)
+
+
+@pytest.mark.parametrize("kernel", ["log_prob", "solve"])
+def test_single_gaussian_under_vmap_matches_and_avoids_batched_lapack(kernel):
+    """K = 1 densities under vmap, against per-item evaluation and scipy. On CPU the public
+    path is matmuls only; the triangular-solve kernel (GPU, TPU) must switch to matmuls under
+    vmap over factors (batched LAPACK gradients deadlock jaxlib 0.10.x on 2 cores) and fold a
+    vmap over points into one solve."""
     rng = np.random.default_rng(7)
     b, n, d = 3, 11, 6
     zs = f32(rng.normal(size=(b, n, d)))
@@ -254,9 +273,13 @@ def test_single_gaussian_under_vmap_matches_and_avoids_batched_lapack():
     ls = f32(np.tril(rng.normal(size=(b, 1, d, d))) * 0.3 + 2.0 * np.eye(d))
 
     def nll(z, mu, l):
+        if kernel == "solve":
+            return -jnp.sum(_single_gaussian_log_prob_by_solve(z, mu, l))
         return -jnp.sum(GaussianMixture(jnp.zeros(1), mu, l).log_prob(z))
 
     grad = jax.value_and_grad(nll, argnums=(0, 1, 2))
+    if kernel == "log_prob":  # on CPU no LAPACK call at all (OpenBLAS's threads spin after one)
+        assert "custom_call" not in jax.jit(grad).lower(zs[0], mus[0], ls[0]).as_text()
     batched = jax.jit(jax.vmap(grad))
     assert "custom_call" not in batched.lower(zs, mus, ls).as_text()
     got = batched(zs, mus, ls)
@@ -268,9 +291,12 @@ def test_single_gaussian_under_vmap_matches_and_avoids_batched_lapack():
         one = grad(zs[i], mus[i], ls[i])
         for a, r in zip(got[1], one[1]):
             np.testing.assert_allclose(a[i], r, rtol=1e-4, atol=1e-5)
-    shared = jax.vmap(grad, in_axes=(0, None, None))(zs, mus[0], ls[0])
+    shared = jax.jit(jax.vmap(grad, in_axes=(0, None, None)))
+    if kernel == "solve":  # one unbatched solve with the points of every item as its rows
+        hlo = shared.lower(zs, mus[0], ls[0]).compile().as_text()
+        assert 'num_batch_dims="0"' in hlo and 'num_batch_dims="1"' not in hlo
     for i in range(b):
-        np.testing.assert_allclose(shared[0][i], grad(zs[i], mus[0], ls[0])[0], rtol=1e-6)
+        np.testing.assert_allclose(shared(zs, mus[0], ls[0])[0][i], grad(zs[i], mus[0], ls[0])[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape,axis", [((5, 7, 3), 1), ((3, 6, 5), 2), ((4, 1), 1), ((2, 513), 1), ((2, 3, 1), 2)])

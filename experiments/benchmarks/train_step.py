@@ -10,16 +10,22 @@ the number measures the model and the loss, not a data pipeline.
 
 from __future__ import annotations
 
-import argparse
-import functools
+from experiments import threads
 
-import jax
+# As the entry points run (see experiments/threads.py); run with OPENBLAS_NUM_THREADS set to
+# measure another setting.
+OPENBLAS_THREADS = threads.default_openblas_threads()
 
-from experiments.benchmarks import common
-from experiments.configs.common import base_config
-from gje_jax.models import build_network
-from gje_jax.train.methods import get_method
-from gje_jax.train.state import create_state, make_optimizer, train_step
+import argparse  # noqa: E402
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+
+from experiments.benchmarks import common  # noqa: E402
+from experiments.configs.common import base_config  # noqa: E402
+from gje_jax.models import build_network  # noqa: E402
+from gje_jax.train.methods import get_method  # noqa: E402
+from gje_jax.train.state import create_state, make_optimizer, train_step  # noqa: E402
 
 METHOD_ROWS = [
     ("simclr", {}),
@@ -88,7 +94,7 @@ def main():
     head = (
         f"# Train-step benchmark\n\njax {jax.__version__}, backend {jax.default_backend()}, "
         f"{jax.devices()[0].device_kind}; encoder {a.encoder}, batch {a.batch} (x2 views), embedding {a.embed}, "
-        f"{a.dtype}\n"
+        f"{a.dtype}, OPENBLAS_NUM_THREADS={OPENBLAS_THREADS}\n"
     )
     text = head + "\n" + measure(a.encoder, a.batch, a.embed, a.dtype) + "\n"
     print(text)
