@@ -25,6 +25,7 @@ TEST = EXPERIMENTS + [
     "pytest-timeout>=2.3",
     "pytest-xdist>=3.5",
     "scipy>=1.11",
+    "threadpoolctl>=3.1",
     "hypothesis>=6.100",
     "nbclient>=0.10",
     "nbformat>=5.10",

@@ -160,6 +160,24 @@ def test_cli_rejects_unknown_override(tmp_path):
     assert out.returncode != 0 and "lrr" in out.stderr
 
 
+@pytest.mark.parametrize("user_value", [None, "2"])
+def test_entry_point_loads_openblas_single_threaded_unless_told(user_value):
+    """experiments.main sets OPENBLAS_NUM_THREADS=1 before OpenBLAS loads (its spinning threads
+    slow CPU training steps) and keeps a value the user set; read back from the loaded
+    libraries by threadpoolctl."""
+    code = (
+        "import experiments.main, scipy.linalg\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print(sorted({p['num_threads'] for p in threadpool_info() if p['internal_api'] == 'openblas'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_value:
+        env["OPENBLAS_NUM_THREADS"] = user_value
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"[{user_value or 1}]"
+
+
 def test_workdir_of_another_method_is_refused_untouched(tmp_path):
     loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     before = sorted(os.listdir(tmp_path / "checkpoints"))
