@@ -59,10 +59,9 @@ def _sum_of_squares(y: jax.Array, axis: int, shift: jax.Array | None = None) -> 
     shift (optional) broadcasts against y and has y's length along `axis`.
 
     On CPU by pairwise halving (`_pairwise_sum_of_squares`), other backends by jnp.sum
-    (`_reduced_sum_of_squares`): XLA's CPU reduce over a short axis measured slower. Forward
-    log-density at (N, K, D) = (4096, 1, 128): 0.46-0.52 ms against 0.74. Whitened distances
-    at (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) / (8192, 8, 256): 0.73 / 1.74 /
-    2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3.
+    (`_reduced_sum_of_squares`): XLA's CPU reduce over a short axis measured slower.
+    Whitened distances at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) /
+    (8192, 8, 256): 0.73 / 1.74 / 2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3.
     """
     args = (y,) if shift is None else (y, shift)
     cpu = functools.partial(_pairwise_sum_of_squares, axis=axis)
@@ -241,7 +240,7 @@ _solve_rows_transposed = _row_solver(1)
 
 def _mahalanobis_one_fwd(z, mean, scale_tril):
     y = _solve_rows(scale_tril, z - mean)  # [N, D]
-    return _sum_of_squares(y, 1), (scale_tril, y)
+    return jnp.sum(y * y, axis=1), (scale_tril, y)
 
 
 def _mahalanobis_one_bwd(res, g):
