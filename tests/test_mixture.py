@@ -211,9 +211,9 @@ def test_public_api_names():
     [(1, 5, 1 << 20), (1, 130, 1 << 20), (3, 8, 64), (5, 13, 100), (3, 256, 1 << 12), (9, 20, 200), (12, 130, 1 << 14)],
 )
 def test_mahalanobis_kernels_value_and_gradient(k, d, chunk):
-    """The hand-written gradients (K = 1 triangular solves; K > 1 blocked GEMMs in N-chunks,
-    both residual layouts) against float64 numpy values and JAX's own autodiff of a plain
-    solve_triangular formulation."""
+    """The hand-written gradients (GEMMs in N-chunks, both residual layouts; for K = 1 also
+    the triangular-solve kernel used off CPU) against float64 numpy values and JAX's own
+    autodiff of a plain solve_triangular formulation."""
     rng = np.random.default_rng(k * 1000 + d)
     n = 37
     a = rng.normal(size=(k, d, d)) / np.sqrt(d)

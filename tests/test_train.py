@@ -170,6 +170,8 @@ def test_entry_point_loads_openblas_single_threaded_unless_told(user_value):
         "from threadpoolctl import threadpool_info\n"
         "print(sorted({p['num_threads'] for p in threadpool_info() if p['internal_api'] == 'openblas'}))"
     )
+    if user_value and (os.cpu_count() or 1) < int(user_value):
+        pytest.skip("OpenBLAS may cap its thread count at the number of cores")
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     if user_value:
         env["OPENBLAS_NUM_THREADS"] = user_value
