@@ -63,9 +63,22 @@ def main(argv):
         loop.train_and_evaluate(config, _WORKDIR.value)
 
 
+def _main_with_clear_errors(argv):
+    # A run that cannot go on for a reason the user can act on (workdir, checkpoint, NaN)
+    # ends in its one-paragraph message, not a traceback: nothing else needs reading.
+    from gje_jax.train.checkpoint import CheckpointError
+    from gje_jax.train.workdir import WorkdirError
+
+    try:
+        main(argv)
+    except (WorkdirError, CheckpointError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def run():
     """Console-script entry point (`gje-train`)."""
-    app.run(main, argv=sys.argv)
+    app.run(_main_with_clear_errors, argv=sys.argv)
 
 
 if __name__ == "__main__":

@@ -90,9 +90,10 @@ def check_log_weights_if_concrete(x, name: str) -> None:
         raise ValueError(f"{name} is -inf everywhere (shape {tuple(x.shape)}): every weight is zero.")
 
 
-def finite_args(*names: str, log_weights: Sequence[str] = ()):
+def finite_args(*names: str, log_weights: Sequence[str] = (), factors: Sequence[str] = ()):
     """Decorator, put above `jax.jit`: an eager call checks the named array arguments for
-    NaN/Inf (and `log_weights` ones for NaN, +Inf or all -inf) before running; calls on
+    NaN/Inf (`log_weights` ones for NaN, +Inf or all -inf; `factors` for a non-positive
+    diagonal or a non-zero upper triangle) before running; calls on
     tracers (inside jit, vmap, grad) are not checked.
 
     The check belongs at the public boundary only: library code that has already checked
@@ -111,9 +112,67 @@ def finite_args(*names: str, log_weights: Sequence[str] = ()):
             for n in log_weights:
                 if n in bound:
                     check_log_weights_if_concrete(bound[n], n)
+            for n in factors:
+                if n in bound:
+                    check_scale_tril_if_concrete(bound[n], n)
             return fn(*args, **kwargs)
 
         wrapper.unchecked = fn
         return wrapper
 
     return decorate
+
+
+def check_int(x, name: str, minimum: int = 1) -> int:
+    """A Python/numpy integer >= minimum (floats such as 2.5 or 2.0 are refused, not truncated)."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {x!r} ({type(x).__name__}).")
+    if int(x) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {int(x)}.")
+    return int(x)
+
+
+def check_number(x, name: str, *, low=None, high=None, low_open=False, high_open=False):
+    """A finite scalar in [low, high] (open ends as asked). Tracers pass (a traced value,
+    e.g. a schedule inside jit, cannot be checked and is not refused)."""
+    if isinstance(x, jax.core.Tracer):
+        return x
+    try:
+        val = float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {x!r}.") from None
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    where = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    bad = not np.isfinite(val)
+    bad |= low is not None and (val <= low if low_open else val < low)
+    bad |= high is not None and (val >= high if high_open else val > high)
+    if bad:
+        raise ValueError(f"{name} must be finite and in {where}, got {val!r}.")
+    return x
+
+
+def check_scale_tril_if_concrete(scale_tril, name: str) -> None:
+    """For concrete [..., D, D] factors: NaN/Inf, a non-positive diagonal (the factor of a
+    singular or meaningless covariance) and a non-zero upper triangle (a factor that is not
+    lower-triangular: an upper Cholesky factor, say) are refused, naming the component."""
+    if scale_tril is None or not is_concrete(scale_tril):
+        return
+    check_finite_if_concrete(scale_tril, name)
+    with jax.ensure_compile_time_eval():
+        a = np.asarray(scale_tril)
+    diag = np.diagonal(a, axis1=-2, axis2=-1)
+    bad = np.argwhere(~(diag > 0))
+    if bad.size:
+        where = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"{name} must have a positive diagonal (a Cholesky factor); entry {where} of its diagonal is "
+            f"{float(diag[where])!r} (shape {tuple(a.shape)})."
+        )
+    upper = np.triu(a, k=1)
+    if np.any(upper != 0):
+        where = tuple(int(i) for i in np.argwhere(upper != 0)[0])
+        raise ValueError(
+            f"{name} must be lower-triangular (scale_tril, L with Sigma = L L^T), but entry {where} above "
+            f"the diagonal is {float(a[where])!r}. Pass the lower factor, e.g. np.linalg.cholesky(cov)."
+        )

@@ -45,6 +45,7 @@ class EMState:
         `update` replaces them by k-means++ on its batch."""
         if num_components < 1:
             raise ValueError(f"Online EM needs num_components >= 1, got {num_components}.")
+        v.check_int(dim, "dim", minimum=1)
         k, d = num_components, dim
         eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (k, d, d))
         return cls(
@@ -180,6 +181,8 @@ def update(
     k, d = state.means.shape
     if z.shape[1] != d:
         raise ValueError(f"z has D = {z.shape[1]} but the prototypes have D = {d}.")
+    v.check_nonempty(z.shape[0], f"z (shape {tuple(z.shape)})")
+    v.check_finite_if_concrete(z, "z")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
     check_pooled_ridge(pooled_eps_rel, pooled_shape)

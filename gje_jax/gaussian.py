@@ -303,6 +303,7 @@ class GaussianStats:
         """EMA step towards the batch moments of z [N, D] (stop-gradient). The first
         update copies the batch moments instead of blending with the identity prior."""
         z = jax.lax.stop_gradient(_check_batch(z))
+        v.check_number(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         if z.shape[1] != self.mean.shape[0]:
             raise ValueError(f"z has D = {z.shape[1]} but the statistics have D = {self.mean.shape[0]}.")
         mu_b, cov_b = empirical_moments(z)

@@ -101,7 +101,7 @@ def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // max(1, k * d))
 
 
-@v.finite_args("z", "means", "scale_trils")
+@v.finite_args("z", "means", factors=("scale_trils",))
 @functools.partial(jax.jit, static_argnames=("chunk_elements",))
 def component_log_probs(
     z: jax.Array,
@@ -334,7 +334,9 @@ class GaussianMixture:
       log_weights: [K] mixture log-weights (normalised on use, so logits are fine;
         -inf switches a component off).
       means: [K, D].
-      chols: [K, D, D] lower-triangular Cholesky factors with positive diagonals.
+      chols: [K, D, D] lower-triangular Cholesky factors with positive diagonals. Eager
+        calls refuse a non-positive diagonal or a non-zero upper triangle; under jit the
+        upper triangle is ignored everywhere (every method reads tril(chols) only).
 
     K = 1 is a single Gaussian (GJE); every method runs the same code for any K.
 
@@ -396,11 +398,18 @@ class GaussianMixture:
         return self
 
     def validate(self) -> GaussianMixture:
-        """Checks shapes and, for concrete arrays, NaN/Inf in the parameters; returns self."""
+        """Checks shapes and, for concrete arrays, the values: NaN/Inf in the means, NaN,
+        +Inf or all -inf log-weights, factors with a non-positive diagonal or a non-zero
+        upper triangle. Returns self."""
         self.check_shapes()
-        for a, n in ((self.means, "means"), (self.chols, "chols")):
-            v.check_finite_if_concrete(a, n)
+        v.check_finite_if_concrete(self.means, "means")
+        v.check_log_weights_if_concrete(self.log_weights, "log_weights")
+        v.check_scale_tril_if_concrete(self.chols, "chols")
         return self
+
+    def _tril(self) -> jax.Array:
+        # The densities never read the upper triangle; neither may sampling nor moments.
+        return jnp.tril(self.chols)
 
     def normalized_log_weights(self) -> jax.Array:
         """[K] log pi_k."""
@@ -434,15 +443,19 @@ class GaussianMixture:
 
     def covariance(self) -> jax.Array:
         """[D, D] total covariance sum_k pi_k (Sigma_k + (mu_k - m)(mu_k - m)^T)."""
+        self.validate()
         pi = jnp.exp(self.normalized_log_weights())
         centred = self.means - self.mean()
-        within = jnp.einsum("k,kde,kfe->df", pi, self.chols, self.chols)
+        chols = self._tril()
+        within = jnp.einsum("k,kde,kfe->df", pi, chols, chols)
         return within + jnp.einsum("k,kd,ke->de", pi, centred, centred)
 
     # ---- sampling -----------------------------------------------------------
     def sample(self, key: jax.Array, n: int, *, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
         """Unconditional samples: k ~ Cat(pi), z = mu_k + L_k eps. Returns [n, D]."""
-        self.check_shapes()
+        self.validate()
+        n = v.check_int(n, "n", minimum=0)
+        chols = self._tril()
         k_key, e_key = jax.random.split(key)
         comp = _categorical(k_key, self.normalized_log_weights(), (n,))
         eps = jax.random.normal(e_key, (n, self.dim), self.means.dtype)
@@ -452,7 +465,7 @@ class GaussianMixture:
             e, c = args[:, :-1], args[:, -1].astype(jnp.int32)
             # Every component transforms the noise (one matmul); the drawn one is kept.
             # This avoids gathering [n, D, D] factors.
-            all_k = self.means[:, None, :] + jnp.einsum("kde,ne->knd", self.chols, e)
+            all_k = self.means[:, None, :] + jnp.einsum("kde,ne->knd", chols, e)
             return jnp.take_along_axis(all_k, c[None, :, None], axis=0)[0]
 
         packed = jnp.concatenate([eps, comp[:, None].astype(eps.dtype)], axis=-1)
@@ -475,17 +488,19 @@ class GaussianMixture:
         Returns:
           ConditionalMixture with log_weights [N, K], means [N, K, d_t], chols [K, d_t, d_t].
         """
-        self.check_shapes()
+        self.validate()
         c = v.as_float(c, "c")
         v.check_rank(c, 2, "c", "[N, d_c]")
+        v.check_finite_if_concrete(c, "c")
         split = c.shape[1] if split is None else split
         split = v.check_split(split, self.dim)
         if c.shape[1] != split:
             raise ValueError(f"c has {c.shape[1]} columns (shape {tuple(c.shape)}) but split = {split}.")
         k, d = self.num_components, self.dim
-        l_cc = self.chols[:, :split, :split]
-        l_tc = self.chols[:, split:, :split]
-        l_tt = self.chols[:, split:, split:]
+        chols = self._tril()
+        l_cc = chols[:, :split, :split]
+        l_tc = chols[:, split:, :split]
+        l_tt = chols[:, split:, split:]
         mu_c, mu_t = self.means[:, :split], self.means[:, split:]
         w_cc = linalg.tril_inverse(l_cc)
         log_norm = -linalg.half_logdet(l_cc) - 0.5 * split * linalg.LOG_2PI
@@ -510,9 +525,10 @@ class GaussianMixture:
         if not 0 <= start < stop <= self.dim:
             raise ValueError(f"marginal needs 0 <= start < stop <= D = {self.dim}, got start={start}, stop={stop}.")
         means = self.means[:, start:stop]
+        chols = self._tril()
         if start == 0:
-            return GaussianMixture(self.log_weights, means, self.chols[:, :stop, :stop])
-        rows = self.chols[:, start:stop, :stop]
+            return GaussianMixture(self.log_weights, means, chols[:, :stop, :stop])
+        rows = chols[:, start:stop, :stop]
         return GaussianMixture(self.log_weights, means, linalg.cholesky(rows @ jnp.swapaxes(rows, -1, -2)))
 
     def permute(self, order) -> GaussianMixture:
@@ -521,7 +537,7 @@ class GaussianMixture:
         order = np.asarray(order)
         if sorted(order.tolist()) != list(range(self.dim)):
             raise ValueError(f"order must be a permutation of range({self.dim}), got {order.tolist()}.")
-        rows = self.chols[:, order, :]
+        rows = self._tril()[:, order, :]
         return GaussianMixture(
             self.log_weights, self.means[:, order], linalg.cholesky(rows @ jnp.swapaxes(rows, -1, -2))
         )
@@ -587,8 +603,31 @@ class ConditionalMixture:
             raise ValueError(f"chols shape {tuple(self.chols.shape)} does not match means {tuple(self.means.shape)}.")
         return self
 
+    def validate(self) -> ConditionalMixture:
+        """check_shapes, then for concrete arrays the values: NaN/Inf means, NaN/+Inf or
+        all -inf log-weights in a query, non-positive scales, factors that are not lower
+        triangular with a positive diagonal. Returns self."""
+        self.check_shapes()
+        v.check_finite_if_concrete(self.means, "means")
+        v.check_log_weights_if_concrete(self.log_weights, "log_weights")
+        if not self.diagonal:
+            v.check_scale_tril_if_concrete(self.chols, "chols")
+        elif v.is_concrete(self.chols):
+            v.check_finite_if_concrete(self.chols, "chols")
+            with jax.ensure_compile_time_eval():
+                n_bad = int(jnp.sum(self.chols <= 0))
+            if n_bad:
+                raise ValueError(
+                    f"diagonal scales must be positive; {n_bad} are <= 0 (shape {tuple(self.chols.shape)})."
+                )
+        return self
+
+    def _tril(self) -> jax.Array:
+        return self.chols if self.diagonal else jnp.tril(self.chols)
+
     def _covs(self) -> jax.Array:
-        return self.chols @ jnp.swapaxes(self.chols, -1, -2)
+        chols = self._tril()
+        return chols @ jnp.swapaxes(chols, -1, -2)
 
     def _component_log_probs(self, t: jax.Array) -> jax.Array:
         """log N(t_n | m_k(c_n), S_k): [N, K]."""
@@ -605,7 +644,7 @@ class ConditionalMixture:
 
     def log_prob(self, t: jax.Array) -> jax.Array:
         """log p(t_n | c_n). t: [N, d_t] -> [N]."""
-        self.check_shapes()
+        self.validate()
         t = v.as_float(t, "t")
         v.check_rank(t, 2, "t", "[N, d_t]")
         if t.shape != (self.num_queries, self.dim):
@@ -617,12 +656,12 @@ class ConditionalMixture:
 
     def mean(self) -> jax.Array:
         """E[t | c]: [N, d_t]."""
-        self.check_shapes()
+        self.validate()
         return jnp.einsum("nk,nkd->nd", jnp.exp(self.log_weights), self.means)
 
     def covariance(self) -> jax.Array:
         """Cov[t | c] = sum_k r_k (S_k + (m_k - E)(m_k - E)^T): [N, d_t, d_t]."""
-        self.check_shapes()
+        self.validate()
         r = jnp.exp(self.log_weights)
         centred = self.means - self.mean()[:, None, :]
         spread = jnp.einsum("nk,nkd,nke->nde", r, centred, centred)
@@ -635,7 +674,8 @@ class ConditionalMixture:
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """k ~ Cat(r(c)), t = m_k(c) + L_k eps. Returns [N, n, d_t]."""
-        self.check_shapes()
+        self.validate()
+        n = v.check_int(n, "n", minimum=0)
         k_key, e_key = jax.random.split(key)
         q, k, d = self.means.shape
         comp = _categorical(k_key, self.log_weights[:, None, :], (q, n))  # [N, n]
@@ -648,7 +688,7 @@ class ConditionalMixture:
             noise = jnp.einsum("qsk,qkd->qsd", onehot, self.chols) * eps
         else:
             spec = "kde,qse->qskd" if self.chols.ndim == 3 else "qkde,qse->qskd"
-            noise = jnp.einsum("qsk,qskd->qsd", onehot, jnp.einsum(spec, self.chols, eps))
+            noise = jnp.einsum("qsk,qskd->qsd", onehot, jnp.einsum(spec, self._tril(), eps))
         return loc + noise
 
     def add_variance(self, variance: jax.Array | float) -> ConditionalMixture:
@@ -663,7 +703,7 @@ class ConditionalMixture:
           >>> cond.add_variance(16.0).chols.tolist()               # sqrt(9 + 16)
           [[[5.0, 5.0]]]
         """
-        self.check_shapes()
+        self.validate()
         var = jnp.asarray(variance, self.means.dtype)
         if var.ndim > 1 or (var.ndim == 1 and var.shape[0] != self.num_queries):
             raise ValueError(f"variance must be a scalar or [N] = [{self.num_queries}], got {tuple(var.shape)}.")
@@ -681,7 +721,7 @@ class ConditionalMixture:
     def modes(self) -> tuple[jax.Array, jax.Array]:
         """Components ranked by responsibility: (weights [N, K], means [N, K, d_t]),
         highest weight first."""
-        self.check_shapes()
+        self.validate()
         order = jnp.argsort(-self.log_weights, axis=-1)
         weights = jnp.take_along_axis(jnp.exp(self.log_weights), order, axis=-1)
         means = jnp.take_along_axis(self.means, order[..., None], axis=1)

@@ -10,7 +10,8 @@ log-weights; entries of -inf are never drawn.
 - `residual`: floor(num * w_m) copies of each m deterministically, the remaining
   num - sum floor(num * w) drawn multinomially from the residual weights.
 
-Each is unbiased: E[count_m] = num * w_m.
+Each is unbiased: E[count_m] = num * w_m. Unusable weights (NaN, +inf, or all -inf) are
+refused by an eager call; under jit, where their values are unknown, every index is -1.
 """
 
 from __future__ import annotations
@@ -27,9 +28,17 @@ def _check(log_weights: jax.Array, num: int) -> jax.Array:
     log_weights = v.as_float(log_weights, "log_weights")
     v.check_rank(log_weights, 1, "log_weights", "[M]")
     v.check_nonempty(log_weights.shape[0], f"log_weights (shape {tuple(log_weights.shape)})")
-    if int(num) < 1:
-        raise ValueError(f"num must be a positive integer, got {num!r}.")
+    v.check_int(num, "num", minimum=1)
     return log_weights
+
+
+def _or_invalid(log_weights: jax.Array, idx: jax.Array) -> jax.Array:
+    """idx, or -1 everywhere when the weights are unusable (NaN, +inf, or all -inf): eager
+    calls refuse such weights; under jit, where values are unknown, -1 marks the draw as
+    invalid instead of returning plausible indices (jnp.take(x, idx, mode="fill") then
+    gives the fill value, not a particle)."""
+    ok = ~jnp.any(jnp.isnan(log_weights) | (log_weights == jnp.inf)) & jnp.any(jnp.isfinite(log_weights))
+    return jnp.where(ok, idx, -1).astype(jnp.int32)
 
 
 def normalized_weights(log_weights: jax.Array) -> jax.Array:
@@ -76,7 +85,7 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
       ((6,), True)
     """
     lw = _check(log_weights, num)
-    return jax.random.categorical(key, lw, shape=(num,)).astype(jnp.int32)
+    return _or_invalid(lw, jax.random.categorical(key, lw, shape=(num,)))
 
 
 @v.finite_args(log_weights=("log_weights",))
@@ -91,7 +100,7 @@ def stratified(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     """
     lw = _check(log_weights, num)
     u = (jnp.arange(num, dtype=lw.dtype) + jax.random.uniform(key, (num,), lw.dtype)) / num
-    return _inverse_cdf(lw, u)
+    return _or_invalid(lw, _inverse_cdf(lw, u))
 
 
 @v.finite_args(log_weights=("log_weights",))
@@ -107,7 +116,7 @@ def systematic(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     """
     lw = _check(log_weights, num)
     u = (jnp.arange(num, dtype=lw.dtype) + jax.random.uniform(key, (), lw.dtype)) / num
-    return _inverse_cdf(lw, u)
+    return _or_invalid(lw, _inverse_cdf(lw, u))
 
 
 @v.finite_args(log_weights=("log_weights",))
@@ -147,7 +156,7 @@ def residual(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     rest_logits = jnp.where(rest > 0, jnp.log(jnp.where(rest > 0, rest, 1.0)), -jnp.inf)
     rest_logits = jnp.where(jnp.any(rest > 0), rest_logits, lw)
     extra = jax.random.categorical(key, rest_logits, shape=(num,))
-    return jnp.where(slots < num_det, det, extra).astype(jnp.int32)
+    return _or_invalid(lw, jnp.where(slots < num_det, det, extra))
 
 
 SCHEMES = {

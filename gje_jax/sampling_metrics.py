@@ -23,7 +23,10 @@ import numpy as np
 
 
 def _as_2d(name: str, x) -> np.ndarray:
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}.")
+    x = x.astype(np.float32)
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"{name} must be [N, D] with N >= 2, got shape {x.shape}.")
     if not np.all(np.isfinite(x)):

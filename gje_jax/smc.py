@@ -125,6 +125,7 @@ def _check_kernel(scale_tril, d: int, name: str = "scale_tril") -> jax.Array:
     scale_tril = v.as_float(scale_tril, name)
     if scale_tril.shape != (d, d):
         raise ValueError(f"{name} must have shape [D, D] = {(d, d)}, got {tuple(scale_tril.shape)}.")
+    v.check_scale_tril_if_concrete(scale_tril, name)
     return scale_tril
 
 
@@ -273,7 +274,9 @@ def resample(
     def go(b):
         k_idx, k_jit = jax.random.split(key)
         idx = fn(k_idx, b.log_weights, m)
-        parts = b.particles[idx]
+        # Unusable weights give idx = -1 (resampling's invalid marker): NaN particles then,
+        # which the train loop's finiteness check stops on, not a wrapped-around copy.
+        parts = jnp.take(b.particles, idx, axis=0, mode="fill", fill_value=jnp.nan)
         if rejuvenation and scale_tril is not None:
             xi = jax.random.normal(k_jit, parts.shape, parts.dtype)
             parts = parts + rejuvenation * xi @ scale_tril.T
@@ -296,6 +299,8 @@ def insert(bank: ParticleBank, z: jax.Array) -> ParticleBank:
       (6, 4)
     """
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
+    v.check_rank(z, 2, "z", "[N, D]")
+    v.check_finite_if_concrete(z, "z")  # NaN rows would become particles
     n, d = z.shape
     if d != bank.dim:
         raise ValueError(f"z has D = {d} but the bank holds D = {bank.dim}.")
@@ -337,6 +342,17 @@ def update(
       >>> int(bank.size()), sorted(metrics)[:2]
       (16, ['bank_ess', 'bank_size'])
     """
+    z = v.as_float(z, "z")
+    v.check_rank(z, 2, "z", "[N, D]")
+    v.check_finite_if_concrete(z, "z")
+    v.check_finite_if_concrete(bank.particles, "bank.particles")
+    if v.is_concrete(bank.log_weights):
+        with jax.ensure_compile_time_eval():
+            bad = bool(jnp.any(jnp.isnan(bank.log_weights) | (bank.log_weights == jnp.inf)))
+        if bad:
+            raise ValueError("bank.log_weights contains NaN or +Inf (empty slots are -inf).")
+    # A non-positive kernel factor gives NaN kernel values, which empty the bank's weights.
+    _check_kernel(scale_tril, bank.dim)
     bank = reweight(bank, z, scale_tril, age_penalty=age_penalty, tempering=tempering)
     ess_before = bank.ess()
     bank, did = resample(

@@ -241,7 +241,11 @@ def test_projector_out_norm_standardises_each_embedding_dimension():
 
 def test_incompatible_checkpoint_gives_clear_error(tmp_path):
     loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
-    os.remove(tmp_path / "config.json")  # hide the identity check: the restore itself must fail clearly
+    # Hide the identity check (a config.json without the model section; a missing file is
+    # refused on its own now): the restore itself must fail clearly.
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["model"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
     with pytest.raises(checkpoint.CheckpointError, match="different config"):
         loop.train_and_evaluate(_config("gje", num_steps=4, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
 

@@ -11,6 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    c.resume_from_step = -1  # -1: the latest checkpoint; N: resume from step N (later ones moved aside)
     c.debug = False  # named NaN/Inf checks in every step (checkify); slower, for hunting a NaN
     # Method: one section holding every method's fields, so any method is one override away.
     c.method = dict(

@@ -60,6 +60,7 @@ def infonce(
       (0.0, 1.0)
     """
     c, t = _check_pair(c, t)
+    v.check_number(tau, "tau", low=0.0, low_open=True)
     if normalize:
         c, t = _normalize(c), _normalize(t)
     logits = (c @ t.T) / tau

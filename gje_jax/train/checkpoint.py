@@ -7,8 +7,11 @@ a kill during a save leaves the previous checkpoint as the latest usable one.
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -55,9 +58,57 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
     mngr.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
-def restore_or_keep(mngr: ocp.CheckpointManager, state):
-    """Restores the latest checkpoint into `state`'s structure, or returns `state` when
-    there is none. Raises CheckpointError (files untouched) if it does not fit.
+@jax.jit
+def _finite_flags(leaves):
+    # One device-side reduction per leaf, stacked: a single small array comes back.
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def first_nonfinite(state) -> str | None:
+    """The path of the first floating leaf of `state` holding NaN/Inf, or None.
+
+    Example:
+      >>> from gje_jax.train import checkpoint
+      >>> checkpoint.first_nonfinite({"a": jnp.ones(2), "b": jnp.array([0.0, jnp.nan])})
+      "['b']"
+      >>> checkpoint.first_nonfinite({"a": jnp.ones(2), "step": jnp.int32(3)}) is None
+      True
+    """
+    flat = [
+        (jax.tree_util.keystr(path), x)
+        for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    if not flat:
+        return None
+    ok = np.asarray(jax.device_get(_finite_flags([x for _, x in flat])))
+    bad = np.flatnonzero(~ok)
+    return flat[int(bad[0])][0] if bad.size else None
+
+
+def discard_after(workdir: str, step: int) -> list[int]:
+    """Moves the checkpoints of steps after `step` to WORKDIR/checkpoints_discarded/ (kept,
+    not deleted), so that a run resumes from `step`. Call before make_manager. -> moved steps."""
+    root = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    moved = []
+    for name in sorted(os.listdir(root)):
+        if name.isdigit() and int(name) > step:
+            dest = os.path.join(workdir, "checkpoints_discarded")
+            os.makedirs(dest, exist_ok=True)
+            target = os.path.join(dest, name)
+            if os.path.exists(target):
+                target = f"{target}.{len(os.listdir(dest))}"
+            shutil.move(os.path.join(root, name), target)
+            moved.append(int(name))
+    return moved
+
+
+def restore_or_keep(mngr: ocp.CheckpointManager, state, step: int | None = None):
+    """Restores checkpoint `step` (default: the latest) into `state`'s structure, or
+    returns `state` when there is none. Raises CheckpointError (files untouched) if it
+    does not fit or is corrupt, naming the step and the other steps it could resume from.
 
     Example:
       >>> import tempfile
@@ -70,15 +121,28 @@ def restore_or_keep(mngr: ocp.CheckpointManager, state):
       [1.0, 1.0]
       >>> mngr.close()
     """
-    step = mngr.latest_step()
+    steps = mngr.all_steps()
     if step is None:
-        return state
+        step = mngr.latest_step()
+        if step is None:
+            return state
+    elif step not in steps:
+        raise CheckpointError(
+            f"config.resume_from_step={step} but {mngr.directory} holds steps {sorted(steps)}; pick one of them."
+        )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     try:
         return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises several types for corrupt / mismatched trees
+        others = sorted(s for s in steps if s != step)
+        hint = (
+            f" Earlier checkpoints: steps {others}; resume from one with --config.resume_from_step=N (later ones "
+            "are moved to checkpoints_discarded/, not deleted)."
+            if others
+            else ""
+        )
         raise CheckpointError(
             f"Cannot restore the checkpoint of step {step} in {mngr.directory}: it is corrupt or was written by a "
-            f"different config (method, model or shapes). Nothing was overwritten. Use a new --workdir, or move "
-            f"the checkpoints away to start afresh. Cause: {type(e).__name__}: {str(e)[:500]}"
-        ) from e
+            f"different config (method, model or shapes). Nothing was overwritten.{hint} Or use a new --workdir. "
+            f"Cause: {type(e).__name__}: {str(e)[:300]}"
+        ) from None

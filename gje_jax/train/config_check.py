@@ -67,6 +67,9 @@ def validate(config, num_devices: int = 1) -> None:
     m = config.method
     if not isinstance(config.get("debug", False), bool):
         raise ValueError(f"config.debug must be True or False, got {config.debug!r}.")
+    rfs = config.get("resume_from_step", -1)
+    if isinstance(rfs, bool) or not isinstance(rfs, int) or rfs < -1:
+        raise ValueError(f"config.resume_from_step must be -1 (the latest checkpoint) or a step >= 0, got {rfs!r}.")
     if m.name not in METHODS:
         raise ValueError(f"config.method.name={m.name!r} is unknown; valid methods: {sorted(METHODS)}.")
     if m.estimator not in ESTIMATORS:

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from gje_jax.data import ArraySource, augment, batch_indices, images, local_slice, synthetic
 from gje_jax.models import build_network
 from gje_jax.train import checkpoint, config_check
+from gje_jax.train import workdir as workdir_lib
 from gje_jax.train.methods import get_method
 from gje_jax.train.state import create_state, make_optimizer, train_step, with_probe_optimizer
 
@@ -233,17 +234,19 @@ def run_step(config, step_fn, state, batch, key):
     return state, metrics
 
 
-def _check_workdir_config(config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+def _check_workdir_config(config, workdir: str, old: dict | None) -> None:
+    if old is None:
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
+            raise workdir_lib.WorkdirError(
+                f"{workdir} holds checkpoints but no config.json, so which method and model they belong to is "
+                "unknown. Restore config.json, or use a new --workdir. Nothing was changed."
+            )
         return
-    with open(path) as f:
-        old = json.load(f)
     new = json.loads(config.to_json())
     for field in _IDENTITY_FIELDS:
         try:
             a, b = _select(old, field), _select(new, field)
-        except KeyError:
+        except (KeyError, TypeError):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             # A field added after the old run was written defaults to the old behaviour.
@@ -253,6 +256,54 @@ def _check_workdir_config(config, workdir: str) -> None:
                 f"{workdir} holds a run with config.{field}={a!r}, this config has {b!r}. Its checkpoints cannot "
                 f"be resumed by this config; use a new --workdir. Nothing was changed."
             )
+
+
+def _write_config(config, workdir: str, old: dict | None, start: int) -> None:
+    """config.json is the first segment's config and is never rewritten; a resume with other
+    (compatible) settings records them as config.step<N>.json, N the step it resumed from."""
+    text = config.to_json(indent=2)
+    if old is None:
+        name = "config.json"
+    elif old == json.loads(text):
+        return
+    else:
+        name = f"config.step{start}.json"
+        print(f"Settings differ from config.json; this segment's config is in {name}.")
+    tmp = os.path.join(workdir, name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(workdir, name))
+
+
+def _save_if_finite(mngr, step: int, state, config, workdir: str) -> None:
+    bad = checkpoint.first_nonfinite(state)
+    if bad is not None:
+        last = mngr.latest_step()
+        raise FloatingPointError(
+            f"Not saved: the state at step {step} holds NaN/Inf, first in {bad} (method {config.method.name}). "
+            f"Every finite checkpoint is kept; the newest is step {last}. To find where it diverges, rerun the same "
+            "command with --config.debug=True: it resumes from that step and stops at the first non-finite tensor."
+        )
+    checkpoint.save(mngr, step, state)
+
+
+def _close_quietly(mngr, bar, writer, metrics_file, failed: bool) -> None:
+    """Closes everything; when the run already failed, a second error while closing (a save
+    that hit the same full disk, say) is not allowed to bury the first."""
+    for close in (
+        mngr.wait_until_finished,
+        mngr.close,
+        getattr(bar, "close", None),
+        getattr(writer, "close", None),
+        getattr(metrics_file, "close", None),
+    ):
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception:
+            if not failed:
+                raise
 
 
 def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_after: int | None = None):
@@ -277,22 +328,55 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
     maybe_initialize_distributed(config.distributed)
     mesh = make_mesh()
     config_check.validate(config, num_devices=mesh.size)
-    os.makedirs(workdir, exist_ok=True)
-    _check_workdir_config(config, workdir)
-    state, step_fn, source, data_sharding = setup(config, mesh)
-    mngr = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
-    state = checkpoint.restore_or_keep(mngr, state)
-    start = int(jax.device_get(state.step))
     is_main = jax.process_index() == 0
+    workdir = workdir_lib.prepare(workdir)
+    lock = workdir_lib.Lock(workdir) if is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train(config, workdir, mesh, progress=progress, stop_after=stop_after)
+    except OSError as e:
+        raise workdir_lib.WorkdirError(
+            f"Writing to {workdir} failed ({workdir_lib.describe_os_error(e)}); every checkpoint completed "
+            "before this is intact. Free space or fix permissions, then rerun the same command to resume."
+        ) from e
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir, mesh, *, progress, stop_after):
+    is_main = jax.process_index() == 0
+    old = workdir_lib.read_config(workdir)
+    _check_workdir_config(config, workdir, old)
+    state, step_fn, source, data_sharding = setup(config, mesh)
+    resume_from = config.get("resume_from_step", -1)
+    if resume_from >= 0 and is_main:
+        moved = checkpoint.discard_after(workdir, resume_from)
+        if moved:
+            print(f"Resuming from step {resume_from}: later checkpoints {moved} moved to checkpoints_discarded/.")
+    mngr = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+    try:
+        state = checkpoint.restore_or_keep(mngr, state, step=resume_from if resume_from >= 0 else None)
+    except BaseException:
+        mngr.close()
+        raise
+    start = int(jax.device_get(state.step))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        if start:
+            dropped = workdir_lib.truncate_metrics(metrics_path, start)
+            print(
+                f"Resumed from step {start} in {workdir}" + (f" ({dropped} later records dropped)." if dropped else ".")
+            )
+        _write_config(config, workdir, old, start)
     writer = None
     if is_main:
         from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(os.path.join(workdir, "tb"))
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        # purge_step hides the events (step >= it) a killed segment wrote after its last checkpoint.
+        writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
+    metrics_file = open(metrics_path, "a") if is_main else None
     key = jax.random.key(config.seed)
     end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
     bar = None
@@ -302,6 +386,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
         bar = tqdm(total=config.num_steps, initial=start, desc=f"{config.method.name}", dynamic_ncols=True)
     last = {}
     t_last, n_last = time.perf_counter(), start
+    failed = False
     try:
         with _StopFlag() as flag:
             step = start
@@ -317,11 +402,12 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
                     last["examples_per_s"] = (step - n_last) * config.batch_size / max(now - t_last, 1e-9)
                     t_last, n_last = now, step
                     if metrics_file:  # logged before the check below, so a NaN's diagnostics are kept
-                        metrics_file.write(json.dumps({"step": step, **last}) + "\n")
+                        metrics_file.write(workdir_lib.metrics_line(step, last) + "\n")
                         metrics_file.flush()
                     if not np.isfinite(last["loss"]):
                         raise FloatingPointError(
                             f"loss is {last['loss']} at step {step} (method {config.method.name}); metrics: {last}. "
+                            f"Nothing was saved after step {mngr.latest_step()}. "
                             "Rerun with --config.debug=True to name the first non-finite tensor."
                         )
                     if writer:
@@ -330,17 +416,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
                     if bar is not None:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", ex_s=f"{last['examples_per_s']:.0f}")
                 if step % config.checkpoint_every == 0 or step == end or flag.stop:
-                    checkpoint.save(mngr, step, state)
+                    _save_if_finite(mngr, step, state, config, workdir)
                 if flag.stop:
                     print(f"Interrupted: saved step {step} in {workdir}; rerun the same command to resume.")
                     break
+    except BaseException:
+        failed = True
+        raise
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        if bar is not None:
-            bar.close()
-        if writer:
-            writer.close()
-        if metrics_file:
-            metrics_file.close()
+        _close_quietly(mngr, bar, writer, metrics_file, failed)
     return state, last

@@ -1,0 +1,258 @@
+"""A run that goes wrong loses nothing: divergence, a second writer, resume records, and
+workdir / checkpoint faults, each with one clear error (fault injection where needed)."""
+
+import errno
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import synthetic_views
+from gje_jax.train import checkpoint, loop, workdir
+
+
+def _config(method="gje", **overrides):
+    c = synthetic_views.get_config("runlocal")
+    c.method.name = method
+    for k, v in overrides.items():
+        parent = c
+        *path, last = k.split(".")
+        for p in path:
+            parent = parent[p]
+        parent[last] = v
+    return c
+
+
+def _diverging():
+    # The reported reproducer: plain SGD at a rate GNG's loss cannot take, checkpoints
+    # every 7 steps and logs every 50, so the NaN appears between two log steps.
+    return _config(
+        "gmje_gng",
+        num_steps=400,
+        log_every=50,
+        checkpoint_every=7,
+        **{"optim.name": "sgd", "optim.lr": 0.05, "optim.schedule": "constant", "optim.grad_clip": 0.0},
+    )
+
+
+def _restore(config, path, step):
+    state, *_ = loop.setup(config)
+    mngr = checkpoint.make_manager(path)
+    try:
+        return checkpoint.restore_or_keep(mngr, state, step=step), mngr.all_steps()
+    finally:
+        mngr.close()
+
+
+def test_divergence_saves_no_non_finite_state_and_keeps_every_finite_checkpoint(tmp_path):
+    config = _diverging()
+    with pytest.raises(FloatingPointError, match=r"Not saved: the state at step (\d+) holds NaN/Inf, first in") as e:
+        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    bad_step = int(e.value.args[0].split("step ")[1].split(" ")[0])
+    assert "--config.debug=True" in str(e.value)
+    _, steps = _restore(config, str(tmp_path), None)
+    assert steps and max(steps) < bad_step and max(steps) == 7 * (bad_step // 7 - 1)
+    for step in steps:  # every checkpoint kept is finite
+        state, _ = _restore(config, str(tmp_path), step)
+        assert checkpoint.first_nonfinite(state) is None
+    # A rerun resumes from the last finite step and stops at the same point, saving nothing new.
+    with pytest.raises(FloatingPointError, match=f"step {bad_step}"):
+        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert _restore(config, str(tmp_path), None)[1] == steps
+    assert not os.path.exists(tmp_path / workdir.LOCK_NAME)
+
+
+def test_first_nonfinite_names_the_leaf():
+    state = {"a": np.ones(3, np.float32), "b": {"c": np.array([1.0, np.inf], np.float32)}, "n": np.int32(1)}
+    assert checkpoint.first_nonfinite(jax.tree.map(jax.numpy.asarray, state)) == "['b']['c']"
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    config = _config("gje", num_steps=4, log_every=2, checkpoint_every=2)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(tmp_path / workdir.LOCK_NAME, "w") as f:
+            json.dump({"pid": live.pid, "host": os.uname().nodename}, f)
+        with pytest.raises(workdir.WorkdirError, match=f"held by pid {live.pid}"):
+            loop.train_and_evaluate(config, str(tmp_path), progress=False)
+        assert not os.path.exists(tmp_path / "checkpoints")  # refused before writing anything
+    finally:
+        live.kill()
+        live.wait()
+    # The owner is gone (as after kill -9): the lock is stale and the run proceeds.
+    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert int(state.step) == 4 and not os.path.exists(tmp_path / workdir.LOCK_NAME)
+
+
+def test_two_processes_on_one_workdir_one_is_refused(tmp_path):
+    """Two real processes started together: exactly one trains, the other is refused."""
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from experiments.configs import synthetic_views\n"
+        "from gje_jax.train import loop, workdir\n"
+        "c = synthetic_views.get_config('runlocal'); c.num_steps = 60\n"
+        "try:\n"
+        "    loop.train_and_evaluate(c, %r, progress=False); print('TRAINED')\n"
+        "except workdir.WorkdirError as e:\n"
+        "    print('REFUSED', e)\n"
+    ) % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(tmp_path))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert sorted(o.split()[0] for o in outs) == ["REFUSED", "TRAINED"], outs
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == sorted({r["step"] for r in lines})
+
+
+def _scalar_events(logdir):
+    """(tag, step) of every scalar a TensorBoard reader shows: records after a purge marker
+    (SessionLog START at step s) hide earlier-written ones with step >= s, as TensorBoard's
+    loader does."""
+    from tensorboardX.proto import event_pb2
+
+    seen = []
+    for path in sorted(glob.glob(os.path.join(logdir, "events.*")), key=os.path.getmtime):
+        data = open(path, "rb").read()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+                seen = [(t, s) for t, s in seen if s < ev.step]
+            for v in ev.summary.value:
+                seen.append((v.tag, ev.step))
+    return seen
+
+
+def test_resume_after_a_kill_records_each_step_once(tmp_path):
+    config = _config("gje", num_steps=20, log_every=1, checkpoint_every=5)
+    loop.train_and_evaluate(config, str(tmp_path), progress=False, stop_after=13)
+    # As after kill -9 at step 13: the steps after the last checkpoint (10) were logged.
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "13")
+    first_config = (tmp_path / "config.json").read_text()
+    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(1, 21))
+    events = _scalar_events(str(tmp_path / "tb"))
+    loss_steps = sorted(s for t, s in events if t == "train/loss")
+    assert loss_steps == list(range(1, 21))
+    assert (tmp_path / "config.json").read_text() == first_config
+
+
+def test_metrics_are_strict_json():
+    line = workdir.metrics_line(7, {"loss": float("nan"), "x": float("inf"), "y": 1.5})
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads(line, parse_constant=refuse) == {"step": 7, "loss": None, "x": None, "y": 1.5}
+
+
+def test_a_resume_with_other_settings_is_recorded_as_a_segment(tmp_path):
+    loop.train_and_evaluate(_config("gje", num_steps=4, log_every=2), str(tmp_path), progress=False)
+    first = (tmp_path / "config.json").read_text()
+    loop.train_and_evaluate(_config("gje", num_steps=6, log_every=2), str(tmp_path), progress=False)
+    assert (tmp_path / "config.json").read_text() == first
+    assert json.loads((tmp_path / "config.step4.json").read_text())["num_steps"] == 6
+
+
+def test_checkpoints_without_config_json_are_refused(tmp_path):
+    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    os.remove(tmp_path / "config.json")
+    with pytest.raises(workdir.WorkdirError, match="no config.json"):
+        loop.train_and_evaluate(_config("simclr", num_steps=4, log_every=1), str(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", ""])
+def test_garbage_config_json_is_one_clear_error(tmp_path, garbage):
+    (tmp_path / "config.json").write_text(garbage)
+    with pytest.raises(workdir.WorkdirError, match="config.json"):
+        loop.train_and_evaluate(_config("gje", num_steps=2), str(tmp_path), progress=False)
+
+
+def test_workdir_that_is_a_file_or_not_writable(tmp_path, monkeypatch):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(workdir.WorkdirError, match="is a file"):
+        loop.train_and_evaluate(_config("gje", num_steps=2), str(f), progress=False)
+
+    def read_only(*a, **k):  # root ignores permission bits: inject the error instead
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(workdir.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(workdir.WorkdirError, match="not writable .read-only file system"):
+        loop.train_and_evaluate(_config("gje", num_steps=2), str(tmp_path / "ro"), progress=False)
+
+
+def test_disk_full_during_a_save_is_one_clear_error(tmp_path, monkeypatch):
+    config = _config("gje", num_steps=8, log_every=2, checkpoint_every=2)
+    real_save = checkpoint.save
+
+    def save(mngr, step, state):
+        if step >= 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(mngr, step, state)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    with pytest.raises(workdir.WorkdirError, match="no space left on the device") as e:
+        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert "intact" in str(e.value) and not os.path.exists(tmp_path / workdir.LOCK_NAME)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)  # space freed: resumes
+    assert int(state.step) == 8
+
+
+def test_corrupt_latest_checkpoint_offers_the_earlier_ones(tmp_path):
+    config = _config("gje", num_steps=10, log_every=5, checkpoint_every=5)
+    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    for p in (tmp_path / "checkpoints" / "10").rglob("*"):
+        if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name:
+            p.write_bytes(bytes(b ^ 0xFF for b in p.read_bytes()))
+    longer = _config("gje", num_steps=15, log_every=5, checkpoint_every=5)
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 10 .*Earlier checkpoints: steps \[5\]"):
+        loop.train_and_evaluate(longer, str(tmp_path), progress=False)
+    longer.resume_from_step = 5
+    state, _ = loop.train_and_evaluate(longer, str(tmp_path), progress=False)
+    assert int(state.step) == 15
+    assert os.path.isdir(tmp_path / "checkpoints_discarded" / "10")  # moved aside, not deleted
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")]
+    assert steps == [5, 10, 15]
+
+
+def test_resume_from_a_step_that_is_not_there(tmp_path):
+    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match=r"resume_from_step=7 .*\[2\]"):
+        loop.train_and_evaluate(_config("gje", num_steps=4, resume_from_step=7), str(tmp_path), progress=False)
+
+
+def test_entry_point_prints_one_clear_error(tmp_path):
+    (tmp_path / "w").write_text("x")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.main",
+            "--config=experiments/configs/synthetic_views.py:runlocal",
+            f"--workdir={tmp_path / 'w'}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[0].startswith("error: --workdir=")
+    assert "Traceback" not in out.stderr
