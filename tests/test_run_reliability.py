@@ -93,15 +93,15 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
 def test_two_processes_on_one_workdir_one_is_refused(tmp_path):
     """Two real processes started together: exactly one trains, the other is refused."""
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
         "from experiments.configs import synthetic_views\n"
         "from gje_jax.train import loop, workdir\n"
         "c = synthetic_views.get_config('runlocal'); c.num_steps = 60\n"
         "try:\n"
-        "    loop.train_and_evaluate(c, %r, progress=False); print('TRAINED')\n"
+        f"    loop.train_and_evaluate(c, {str(tmp_path)!r}, progress=False); print('TRAINED')\n"
         "except workdir.WorkdirError as e:\n"
         "    print('REFUSED', e)\n"
-    ) % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(tmp_path))
+    )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     procs = [
