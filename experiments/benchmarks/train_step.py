@@ -35,6 +35,13 @@ METHOD_ROWS = [
     ("gje", {"estimator": "ema"}),
     ("gmje", {"num_components": 16}),
 ]
+# The remedies of the trace trap (--remedies): online-EM prototypes, the MDN head, GNG, the SMC bank.
+REMEDY_ROWS = [
+    ("gmje_em", {"num_components": 16}),
+    ("gmje_mdn", {"num_components": 16}),
+    ("gmje_gng", {}),
+    ("gmje_smc", {}),
+]
 
 
 def views(batch, key):
@@ -58,7 +65,7 @@ def step_time_ms(net, method, tx, data) -> float:
     return common.time_call(run, min_time=2.0, max_reps=30)
 
 
-def measure(encoder: str, batch: int, embed: int, dtype: str):
+def measure(encoder: str, batch: int, embed: int, dtype: str, remedies: bool = False):
     cfg = base_config()
     cfg.model.encoder, cfg.model.projector, cfg.model.embed_dim, cfg.model.dtype = encoder, "bn", embed, dtype
     cfg.model.projector_hidden = (512,)
@@ -66,7 +73,7 @@ def measure(encoder: str, batch: int, embed: int, dtype: str):
     tx = make_optimizer(cfg.optim, 1000)
     data = {"x": jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))}
     rows = []
-    for name, extra in METHOD_ROWS:
+    for name, extra in METHOD_ROWS + (REMEDY_ROWS if remedies else []):
         m = cfg.method.copy_and_resolve_references()
         m.name = name
         for k, v in extra.items():
@@ -89,6 +96,7 @@ def main():
     p.add_argument("--batch", type=int, default=512 if gpu else 128)
     p.add_argument("--embed", type=int, default=128)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--remedies", action="store_true", help="also time gmje_em, gmje_mdn, gmje_gng, gmje_smc")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     head = (
@@ -96,13 +104,13 @@ def main():
         f"{jax.devices()[0].device_kind}; encoder {a.encoder}, batch {a.batch} (x2 views), embedding {a.embed}, "
         f"{a.dtype}, OPENBLAS_NUM_THREADS={OPENBLAS_THREADS}\n"
     )
-    text = head + "\n" + measure(a.encoder, a.batch, a.embed, a.dtype) + "\n"
+    text = head + "\n" + measure(a.encoder, a.batch, a.embed, a.dtype, a.remedies) + "\n"
     print(text)
     if a.out:
         with open(a.out, "w") as f:
             f.write(
                 text + f"\nCommand: python -m experiments.benchmarks.train_step --encoder={a.encoder} "
-                f"--batch={a.batch} --embed={a.embed}\n"
+                f"--batch={a.batch} --embed={a.embed} --dtype={a.dtype}{' --remedies' if a.remedies else ''}\n"
             )
 
 

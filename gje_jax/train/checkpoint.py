@@ -88,7 +88,19 @@ def first_nonfinite(state) -> str | None:
 
 def discard_after(workdir: str, step: int) -> list[int]:
     """Moves the checkpoints of steps after `step` to WORKDIR/checkpoints_discarded/ (kept,
-    not deleted), so that a run resumes from `step`. Call before make_manager. -> moved steps."""
+    not deleted), so that a run resumes from `step`. Call before make_manager. -> moved steps.
+
+    Example:
+      >>> import tempfile
+      >>> from gje_jax.train import checkpoint
+      >>> d = tempfile.mkdtemp()
+      >>> mngr = checkpoint.make_manager(d, keep=3)
+      >>> for step in (5, 10, 15):
+      ...     checkpoint.save(mngr, step, {"w": jnp.ones(2)})
+      >>> mngr.close()
+      >>> checkpoint.discard_after(d, 5), checkpoint.make_manager(d).all_steps()
+      ([10, 15], [5])
+    """
     root = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(root):
         return []

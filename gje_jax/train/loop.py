@@ -322,6 +322,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
       >>> int(state.step), sorted(__import__("os").listdir(workdir))[:2]
       (10, ['checkpoints', 'config.json'])
       >>> state, last = loop.train_and_evaluate(config, workdir, progress=False)   # resumes at step 10
+      Resumed from step 10 in ...
       >>> int(state.step) == config.num_steps
       True
     """
