@@ -17,7 +17,9 @@ from experiments import threads
 
 threads.default_openblas_threads()  # before numpy, scipy and jax load
 
+import logging as logging_std  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -69,11 +71,60 @@ def _main_with_clear_errors(argv):
     from gje_jax.train.checkpoint import CheckpointError
     from gje_jax.train.workdir import WorkdirError
 
+    held = _HoldBackgroundErrors()
+    logging_std.getLogger().addFilter(held)
+    for handler in logging_std.getLogger().handlers:
+        handler.addFilter(held)
+    # tensorstore's writer threads report a callback that failed after orbax closed its event
+    # loop through sys.excepthook (a bare traceback, "Event loop is closed"); hold those too.
+    default_hook, sys.excepthook = sys.excepthook, held.excepthook
+    default_thread_hook, threading.excepthook = threading.excepthook, held.thread_excepthook
     try:
         main(argv)
     except (WorkdirError, CheckpointError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if held.records:
+            first = held.records[0].getMessage().splitlines()[0][:300]
+            print(
+                f"({len(held.records)} error report(s) of orbax's writer threads held back; the first: {first})",
+                file=sys.stderr,
+            )
         sys.exit(1)
+    finally:
+        held.active = False
+        sys.excepthook, threading.excepthook = default_hook, default_thread_hook
+    held.replay()
+
+
+class _HoldBackgroundErrors(logging_std.Filter):
+    """Holds back the error logs of orbax's and asyncio's background threads while a run is
+    going: when a save fails (a full disk) they come as dozens of tracebacks before the one
+    error that says what happened. On a clean exit they are printed after all."""
+
+    def __init__(self):
+        super().__init__()
+        self.records, self.active = [], True
+
+    def filter(self, record):
+        if (
+            self.active
+            and record.levelno >= logging_std.ERROR
+            and ("orbax" in record.pathname or record.name.startswith(("orbax", "asyncio")))
+        ):
+            self.records.append(record)
+            return False
+        return True
+
+    def excepthook(self, *exc_info):
+        record = logging_std.LogRecord("excepthook", logging_std.ERROR, "", 0, str(exc_info[1]), None, exc_info)
+        self.records.append(record)
+
+    def thread_excepthook(self, args):
+        self.excepthook(args.exc_type, args.exc_value, args.exc_traceback)
+
+    def replay(self):
+        for r in self.records:
+            logging_std.getLogger(r.name).handle(r)
 
 
 def run():

@@ -1,4 +1,4 @@
-"""Shared random inputs for the tests (numpy float64 references)."""
+"""Shared inputs for the tests: random references (numpy float64) and small train configs."""
 
 import numpy as np
 
@@ -24,3 +24,18 @@ def random_mixture(rng, k, d, spread=3.0):
 def log_softmax(x, axis=-1):
     m = x.max(axis=axis, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def train_config(method="gje", **overrides):
+    """The synthetic runlocal config with `method` and dotted overrides ("optim.lr": 0.1)."""
+    from experiments.configs import synthetic_views
+
+    c = synthetic_views.get_config("runlocal")
+    c.method.name = method
+    for k, v in overrides.items():
+        parent = c
+        *path, last = k.split(".")
+        for p in path:
+            parent = parent[p]
+        parent[last] = v
+    return c

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import gje_jax as G
 from gje_jax import losses as L
-from gje_jax import resampling, sampling_metrics, smc
+from gje_jax import resampling, sampling_metrics
 from tests.helpers import random_spd
+from tests.test_bad_inputs import FUNCTIONS, _gm, _with, _z
 
 PROPERTY = settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -29,94 +30,42 @@ def _mixture(d=4, k=2, seed=0):
     )
 
 
-# ---- bad input: one row per (public function, fault) ------------------------------------
+# ---- bad input: the sweep over every function and fault is tests/test_bad_inputs.py --------
 
-_GM = None
-
-
-def _gm():
-    global _GM
-    if _GM is None:
-        _GM = _mixture()
-    return _GM
-
-
-# Each function takes one [N, 4] array (split into c = [:, :2], t = [:, 2:] where a pair
-# is needed, after the rank has been checked by the function itself).
-def _pair(fn):
-    def call(z):
-        z = np.asarray(z)
-        if z.ndim != 2:  # let the function see the bad rank
-            return fn(z, z)
-        return fn(z[:, :2], z[:, 2:])
-
-    return call
+# The functions whose zero-row and wrong-width behaviour is checked here.
+ZERO_ROW_FUNCTIONS = [
+    "GaussianMixture.log_prob",
+    "GaussianMixture.responsibilities",
+    "component_log_probs",
+    "fit_gaussian",
+    "empirical_moments",
+    "ledoit_wolf",
+    "trace_trap_report",
+    "gje_loss",
+    "gmje_loss",
+    "geometry_term",
+    "infonce",
+    "gmje_contrastive",
+    "vicreg_loss",
+    "predictor_loss",
+    "smc.kernel_log_prob",
+]
 
 
-FUNCTIONS = {
-    "GaussianMixture.log_prob": lambda z: _gm().log_prob(z),
-    "GaussianMixture.responsibilities": lambda z: _gm().responsibilities(z),
-    "component_log_probs": lambda z: G.component_log_probs(z, _gm().means, _gm().chols)[0],
-    "fit_gaussian": lambda z: G.fit_gaussian(z).chols,
-    "empirical_moments": lambda z: G.empirical_moments(z)[1],
-    "ledoit_wolf": lambda z: G.ledoit_wolf(z)[0],
-    "trace_trap_report": lambda z: L.trace_trap_report(z)["effective_rank"],
-    "gje_loss": _pair(lambda c, t: L.gje_loss(c, t, lambda_geo=1.0)[0]),
-    "gmje_loss": _pair(lambda c, t: L.gmje_loss(c, t, _gm())[0]),
-    "geometry_term": _pair(lambda c, t: L.geometry_term(c, t)),
-    "infonce": _pair(lambda c, t: L.infonce(c, t)[0]),
-    "gmje_contrastive": _pair(lambda c, t: L.gmje_contrastive(c, t, tau=0.1)[0]),
-    "vicreg_loss": _pair(lambda c, t: L.vicreg_loss(c, t)[0]),
-    "predictor_loss": _pair(lambda c, t: L.predictor_loss(c, t)[0]),
-    "kernel_log_prob": lambda z: smc.kernel_log_prob(z, np.zeros((3, 4), np.float32), None, jnp.eye(4)),
-}
-
-
-def _z(n=8, d=4, dtype=np.float32, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, d)).astype(dtype)
-
-
-def _with(value):
-    z = _z()
-    z[2, 3] = value
-    return z
-
-
-FAULTS = {
-    # name: (input, expected: "finite" or a regex of the ValueError)
-    "integer input": (_z().round().astype(np.int32), "finite"),
-    "float64 input": (_z(dtype=np.float64), "finite"),
-    "one row": (_z(1), "finite"),
-    "rank 1": (_z()[0], r"shape \[N, "),
-    "rank 3": (_z()[None], r"shape \[N, "),
-    "NaN": (_with(np.nan), r"NaN or Inf"),
-    "Inf": (_with(np.inf), r"NaN or Inf"),
-}
-
-
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-@pytest.mark.parametrize("fn", sorted(FUNCTIONS))
-def test_bad_input_matrix(fn, fault):
-    z, expected = FAULTS[fault]
-    if fault == "one row" and fn in ("infonce", "gmje_contrastive"):
-        expected = "finite"  # a single pair: the loss is log 1 = 0, finite
-    if expected == "finite":
-        out = np.asarray(FUNCTIONS[fn](z))
-        assert out.dtype == np.float32 and np.all(np.isfinite(out)), (fn, fault, out)
-    else:
-        with pytest.raises(ValueError, match=expected):
-            FUNCTIONS[fn](z)
-
-
-@pytest.mark.parametrize("fn", sorted(FUNCTIONS))
+@pytest.mark.parametrize("fn", ZERO_ROW_FUNCTIONS)
 def test_zero_rows_or_wrong_width_raise(fn):
-    if fn in ("GaussianMixture.log_prob", "GaussianMixture.responsibilities", "component_log_probs", "kernel_log_prob"):
+    if fn in (
+        "GaussianMixture.log_prob",
+        "GaussianMixture.responsibilities",
+        "component_log_probs",
+        "smc.kernel_log_prob",
+    ):
         # Scoring zero points is well defined: an empty result.
         assert np.asarray(FUNCTIONS[fn](_z(0))).shape[0] == 0
     else:
         with pytest.raises(ValueError, match="at least 1 row"):
             FUNCTIONS[fn](_z(0))
-    if fn in ("GaussianMixture.log_prob", "GaussianMixture.responsibilities", "gmje_loss", "kernel_log_prob"):
+    if fn in ("GaussianMixture.log_prob", "GaussianMixture.responsibilities", "gmje_loss", "smc.kernel_log_prob"):
         with pytest.raises(ValueError, match="D = 4|dimension 5"):
             FUNCTIONS[fn](_z(8, 5))
 

@@ -14,25 +14,16 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from experiments.configs import synthetic_views
 from gje_jax import models
 from gje_jax.train import checkpoint, config_check, loop
 from gje_jax.train.methods import METHODS
 from gje_jax.train.state import loss_and_updates
+from tests.helpers import train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(method="gje", **overrides):
-    c = synthetic_views.get_config("runlocal")
-    c.method.name = method
-    for k, v in overrides.items():
-        parent = c
-        *path, last = k.split(".")
-        for p in path:
-            parent = parent[p]
-        parent[last] = v
-    return c
+_config = train_config
 
 
 def _loss_and_grads(config, mesh):

@@ -95,6 +95,8 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        if self.stop:  # a second signal: the first did not end the run (a blocked write, say)
+            raise KeyboardInterrupt(f"signal {signum} received twice: stopping without a final save")
         self.stop = True
 
     def __exit__(self, *exc):
@@ -287,6 +289,25 @@ def _save_if_finite(mngr, step: int, state, config, workdir: str) -> None:
     checkpoint.save(mngr, step, state)
 
 
+def _tensorboard_dead(writer) -> bool:
+    for fw in getattr(writer, "all_writers", {}).values():
+        worker = getattr(getattr(fw, "event_writer", None), "_worker", None)
+        if worker is not None and not worker.is_alive():
+            return True
+    return False
+
+
+def _check_tensorboard(writer, workdir: str) -> None:
+    """tensorboardX writes from a thread; once that thread has died (a failed write), the next
+    add_scalar blocks forever on its full queue. Stop with the reason instead of hanging."""
+    if _tensorboard_dead(writer):
+        reason = "no space left on the device" if os.statvfs(workdir).f_bavail == 0 else "see its error above"
+        raise workdir_lib.WorkdirError(
+            f"TensorBoard's event writer in {workdir}/tb stopped ({reason}); every checkpoint completed before "
+            "this is intact. Free space or fix permissions, then rerun the same command to resume."
+        )
+
+
 def _close_quietly(mngr, bar, writer, metrics_file, failed: bool) -> None:
     """Closes everything; when the run already failed, a second error while closing (a save
     that hit the same full disk, say) is not allowed to bury the first."""
@@ -294,7 +315,7 @@ def _close_quietly(mngr, bar, writer, metrics_file, failed: bool) -> None:
         mngr.wait_until_finished,
         mngr.close,
         getattr(bar, "close", None),
-        getattr(writer, "close", None),
+        None if writer is None or _tensorboard_dead(writer) else writer.close,  # closing a dead one blocks
         getattr(metrics_file, "close", None),
     ):
         if close is None:
@@ -336,10 +357,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
         lock.acquire()
     try:
         return _train(config, workdir, mesh, progress=progress, stop_after=stop_after)
-    except OSError as e:
+    except Exception as e:
+        reason = workdir_lib.write_failure(e)
+        if reason is None:
+            raise
         raise workdir_lib.WorkdirError(
-            f"Writing to {workdir} failed ({workdir_lib.describe_os_error(e)}); every checkpoint completed "
-            "before this is intact. Free space or fix permissions, then rerun the same command to resume."
+            f"Writing to {workdir} failed ({reason}); every checkpoint completed before this is intact. "
+            "Free space or fix permissions, then rerun the same command to resume."
         ) from e
     finally:
         if lock is not None:
@@ -376,7 +400,9 @@ def _train(config, workdir, mesh, *, progress, stop_after):
         from tensorboardX import SummaryWriter
 
         # purge_step hides the events (step >= it) a killed segment wrote after its last checkpoint.
-        writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
+        # A deep queue: if the writer thread dies, the puts of the next log steps cannot fill it
+        # (and block) before _check_tensorboard sees the dead thread.
+        writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None, max_queue=4096)
     metrics_file = open(metrics_path, "a") if is_main else None
     key = jax.random.key(config.seed)
     end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
@@ -412,6 +438,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                             "Rerun with --config.debug=True to name the first non-finite tensor."
                         )
                     if writer:
+                        _check_tensorboard(writer, workdir)
                         for k, v in last.items():
                             writer.add_scalar(f"train/{k}", v, step)
                     if bar is not None:

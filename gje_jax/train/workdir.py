@@ -62,6 +62,36 @@ def describe_os_error(e: OSError) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def write_failure(e: BaseException) -> str | None:
+    """Why a write failed, if `e` (or what caused it) is a failed write; else None.
+
+    Orbax's writers (tensorstore) report a full disk as a ValueError carrying the OS message,
+    not as an OSError, so the chain's messages are read too.
+
+    Example:
+      >>> import errno
+      >>> from gje_jax.train import workdir
+      >>> workdir.write_failure(OSError(errno.ENOSPC, "No space left on device"))
+      'no space left on the device'
+      >>> workdir.write_failure(ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"))
+      'no space left on the device'
+      >>> workdir.write_failure(ValueError("something else")) is None
+      True
+    """
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return describe_os_error(e)
+        text = str(e)
+        if "No space left on device" in text or "os_error_code='28'" in text:
+            return "no space left on the device"
+        if "Read-only file system" in text:
+            return "read-only file system"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
