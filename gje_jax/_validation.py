@@ -176,3 +176,11 @@ def check_scale_tril_if_concrete(scale_tril, name: str) -> None:
             f"{name} must be lower-triangular (scale_tril, L with Sigma = L L^T), but entry {where} above "
             f"the diagonal is {float(a[where])!r}. Pass the lower factor, e.g. np.linalg.cholesky(cov)."
         )
+
+
+def check_state_if_concrete(state, name: str) -> None:
+    """Refuses a concrete state (a pytree) holding NaN/Inf in any floating leaf, naming the
+    field: state written from NaN would silently carry it on. Tracers pass."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+            check_finite_if_concrete(leaf, f"{name}{jax.tree_util.keystr(path)}")

@@ -183,6 +183,7 @@ def update(
         raise ValueError(f"z has D = {z.shape[1]} but the prototypes have D = {d}.")
     v.check_nonempty(z.shape[0], f"z (shape {tuple(z.shape)})")
     v.check_finite_if_concrete(z, "z")
+    v.check_state_if_concrete(state, "state")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
     check_pooled_ridge(pooled_eps_rel, pooled_shape)

@@ -227,6 +227,7 @@ def update(state: GNGState, xs: jax.Array, cfg: GNGConfig = GNGConfig()) -> tupl
     if xs.shape[0] < 2:
         raise ValueError(f"GNG needs at least 2 inputs per update, got shape {tuple(xs.shape)}.")
     v.check_finite_if_concrete(xs, "xs")  # NaN would be written into the nodes
+    v.check_state_if_concrete(state, "state")
     before = state.active
     state = jax.lax.cond(state.initialized, lambda s: s, lambda s: _initialize(s, xs), state)
     state, (winners, sq_err) = jax.lax.scan(lambda s, x: _step(cfg, s, x), state, xs)

@@ -9,6 +9,8 @@ Every row is either a clear error (the exception type and a phrase of its messag
 documented result (finite output of the documented shape, or a documented marker value).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,7 @@ from gje_jax import losses as L
 D = 4
 
 
+@functools.cache
 def _gm():
     rng = np.random.default_rng(0)
     covs = np.stack([np.eye(D), 2 * np.eye(D) + 0.3]).astype(np.float32)
@@ -342,6 +345,18 @@ SCALARS = {
         lambda: smc.update(smc.ParticleBank.empty(16, D), _z(), jax.random.key(0), jnp.eye(D), tempering=2.0),
         ValueError,
         "tempering",
+    ),
+    "em.update NaN in the state": (
+        lambda: em.update(
+            em.EMState.create(jax.random.key(0), 2, D).replace(means=jnp.full((2, D), jnp.nan)), _z(), jax.random.key(1)
+        ),
+        ValueError,
+        r"state.*means",
+    ),
+    "gng.update Inf in the state": (
+        lambda: gng.update(gng.GNGState.create(6, D).replace(nodes=jnp.full((6, D), jnp.inf)), _z()),
+        ValueError,
+        r"state.*nodes",
     ),
     "ParticleBank.empty capacity=0": (lambda: smc.ParticleBank.empty(0, D), ValueError, "capacity"),
     "GNGState.create dim=0": (lambda: gng.update(gng.GNGState.create(6, 0), _z()), ValueError, "D"),

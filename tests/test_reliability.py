@@ -409,7 +409,8 @@ def test_an_eager_loss_checks_each_user_argument_once(monkeypatch):
             seen.append(name)
         return real(x, name)
 
+    gm = _gm()  # built (and its construction checked) before the spy counts
     monkeypatch.setattr(_validation, "check_finite_if_concrete", spy)
     z = _z()
-    L.gmje_loss(z[:, :2], z[:, 2:], _gm(), lambda_geo=1.0)
+    L.gmje_loss(z[:, :2], z[:, 2:], gm, lambda_geo=1.0)
     assert sorted(seen) == ["c", "chols", "means", "t"]

@@ -86,7 +86,7 @@ def test_two_processes_on_one_workdir_one_is_refused(tmp_path):
         f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
         "from experiments.configs import synthetic_views\n"
         "from gje_jax.train import loop, workdir\n"
-        "c = synthetic_views.get_config('runlocal'); c.num_steps = 60\n"
+        "c = synthetic_views.get_config('runlocal'); c.num_steps = 30\n"
         "try:\n"
         f"    loop.train_and_evaluate(c, {str(tmp_path)!r}, progress=False); print('TRAINED')\n"
         "except workdir.WorkdirError as e:\n"
@@ -260,7 +260,7 @@ def test_a_real_full_disk_ends_in_one_error_line_and_resumes_once_freed(tmp_path
         "-m",
         "experiments.main",
         "--config=experiments/configs/synthetic_views.py:runlocal",
-        "--config.num_steps=200",
+        "--config.num_steps=120",
         "--config.checkpoint_every=20",
     ]
     try:
@@ -282,4 +282,4 @@ def test_a_real_full_disk_ends_in_one_error_line_and_resumes_once_freed(tmp_path
     )
     assert again.returncode == 0 and "Resumed from step" in again.stdout
     steps = [json.loads(x)["step"] for x in open(tmp_path / "freed" / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) and steps[-1] == 200
+    assert steps == sorted(set(steps)) and steps[-1] == 120
