@@ -72,7 +72,6 @@ def _main_with_clear_errors(argv):
     from gje_jax.train.workdir import WorkdirError
 
     held = _HoldBackgroundErrors()
-    logging_std.getLogger().addFilter(held)
     for handler in logging_std.getLogger().handlers:
         handler.addFilter(held)
     # tensorstore's writer threads report a callback that failed after orbax closed its event

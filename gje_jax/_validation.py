@@ -75,9 +75,10 @@ def check_finite_if_concrete(x, name: str) -> None:
         raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s) (shape {tuple(np.shape(x))}).")
 
 
-def check_log_weights_if_concrete(x, name: str) -> None:
+def check_log_weights_if_concrete(x, name: str, allow_all_zero: bool = False) -> None:
     """Like check_finite_if_concrete, but -inf (a zero weight) is allowed, as long as at
-    least one entry along the last axis is finite."""
+    least one entry along the last axis is finite (or, with allow_all_zero, not even that:
+    an empty particle bank)."""
     if x is None or not is_concrete(x):
         return
     with jax.ensure_compile_time_eval():
@@ -86,7 +87,7 @@ def check_log_weights_if_concrete(x, name: str) -> None:
         empty = x.size and not bool(jnp.all(jnp.any(jnp.isfinite(x), axis=-1)))
     if bad:
         raise ValueError(f"{name} contains NaN or +Inf (shape {tuple(x.shape)}); zero weights are -inf.")
-    if empty:
+    if empty and not allow_all_zero:
         raise ValueError(f"{name} is -inf everywhere (shape {tuple(x.shape)}): every weight is zero.")
 
 
@@ -159,8 +160,12 @@ def check_scale_tril_if_concrete(scale_tril, name: str) -> None:
     if scale_tril is None or not is_concrete(scale_tril):
         return
     check_finite_if_concrete(scale_tril, name)
-    with jax.ensure_compile_time_eval():
-        a = np.asarray(scale_tril)
+    with jax.ensure_compile_time_eval():  # reduced where the factor lives: two booleans come back
+        x = jnp.asarray(scale_tril)
+        ok = bool(jnp.all(jnp.diagonal(x, axis1=-2, axis2=-1) > 0)) and not bool(jnp.any(jnp.triu(x, 1) != 0))
+    if ok:
+        return
+    a = np.asarray(scale_tril)  # only to name the bad entry
     diag = np.diagonal(a, axis1=-2, axis2=-1)
     bad = np.argwhere(~(diag > 0))
     if bad.size:
@@ -178,9 +183,31 @@ def check_scale_tril_if_concrete(scale_tril, name: str) -> None:
         )
 
 
+@jax.jit
+def _finite_flags(leaves):
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def first_nonfinite_leaf(tree) -> str | None:
+    """The path (jax.tree_util.keystr) of the first floating leaf of `tree` holding NaN/Inf,
+    or None. One reduction per leaf, stacked into one small array: one transfer to the host."""
+    flat = [
+        (jax.tree_util.keystr(path), x)
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    if not flat:
+        return None
+    ok = np.asarray(jax.device_get(_finite_flags([x for _, x in flat])))
+    bad = np.flatnonzero(~ok)
+    return flat[int(bad[0])][0] if bad.size else None
+
+
 def check_state_if_concrete(state, name: str) -> None:
     """Refuses a concrete state (a pytree) holding NaN/Inf in any floating leaf, naming the
     field: state written from NaN would silently carry it on. Tracers pass."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
-            check_finite_if_concrete(leaf, f"{name}{jax.tree_util.keystr(path)}")
+    if not is_concrete(*jax.tree.leaves(state)):
+        return
+    bad = first_nonfinite_leaf(state)
+    if bad is not None:
+        raise ValueError(f"{name}{bad} contains NaN or Inf.")

@@ -346,11 +346,7 @@ def update(
     v.check_rank(z, 2, "z", "[N, D]")
     v.check_finite_if_concrete(z, "z")
     v.check_finite_if_concrete(bank.particles, "bank.particles")
-    if v.is_concrete(bank.log_weights):
-        with jax.ensure_compile_time_eval():
-            bad = bool(jnp.any(jnp.isnan(bank.log_weights) | (bank.log_weights == jnp.inf)))
-        if bad:
-            raise ValueError("bank.log_weights contains NaN or +Inf (empty slots are -inf).")
+    v.check_log_weights_if_concrete(bank.log_weights, "bank.log_weights", allow_all_zero=True)  # empty: all -inf
     # A non-positive kernel factor gives NaN kernel values, which empty the bank's weights.
     _check_kernel(scale_tril, bank.dim)
     bank = reweight(bank, z, scale_tril, age_penalty=age_penalty, tempering=tempering)

@@ -10,9 +10,9 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
+
+from gje_jax import _validation
 
 
 class CheckpointError(RuntimeError):
@@ -58,12 +58,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
     mngr.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
-@jax.jit
-def _finite_flags(leaves):
-    # One device-side reduction per leaf, stacked: a single small array comes back.
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
-
-
 def first_nonfinite(state) -> str | None:
     """The path of the first floating leaf of `state` holding NaN/Inf, or None.
 
@@ -74,16 +68,7 @@ def first_nonfinite(state) -> str | None:
       >>> checkpoint.first_nonfinite({"a": jnp.ones(2), "step": jnp.int32(3)}) is None
       True
     """
-    flat = [
-        (jax.tree_util.keystr(path), x)
-        for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
-        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
-    ]
-    if not flat:
-        return None
-    ok = np.asarray(jax.device_get(_finite_flags([x for _, x in flat])))
-    bad = np.flatnonzero(~ok)
-    return flat[int(bad[0])][0] if bad.size else None
+    return _validation.first_nonfinite_leaf(state)
 
 
 def discard_after(workdir: str, step: int) -> list[int]:

@@ -277,14 +277,15 @@ def _write_config(config, workdir: str, old: dict | None, start: int) -> None:
     os.replace(tmp, os.path.join(workdir, name))
 
 
-def _save_if_finite(mngr, step: int, state, config, workdir: str) -> None:
+def _save_if_finite(mngr, step: int, state, config) -> None:
     bad = checkpoint.first_nonfinite(state)
     if bad is not None:
         last = mngr.latest_step()
+        newest = "none was saved yet" if last is None else f"the newest is step {last}"
         raise FloatingPointError(
             f"Not saved: the state at step {step} holds NaN/Inf, first in {bad} (method {config.method.name}). "
-            f"Every finite checkpoint is kept; the newest is step {last}. To find where it diverges, rerun the same "
-            "command with --config.debug=True: it resumes from that step and stops at the first non-finite tensor."
+            f"Every finite checkpoint is kept; {newest}. To find where it diverges, rerun the same command with "
+            "--config.debug=True: it resumes from the newest checkpoint and stops at the first non-finite tensor."
         )
     checkpoint.save(mngr, step, state)
 
@@ -444,7 +445,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                     if bar is not None:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", ex_s=f"{last['examples_per_s']:.0f}")
                 if step % config.checkpoint_every == 0 or step == end or flag.stop:
-                    _save_if_finite(mngr, step, state, config, workdir)
+                    _save_if_finite(mngr, step, state, config)
                 if flag.stop:
                     print(f"Interrupted: saved step {step} in {workdir}; rerun the same command to resume.")
                     break
