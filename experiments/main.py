@@ -78,20 +78,27 @@ def _main_with_clear_errors(argv):
     # loop through sys.excepthook (a bare traceback, "Event loop is closed"); hold those too.
     default_hook, sys.excepthook = sys.excepthook, held.excepthook
     default_thread_hook, threading.excepthook = threading.excepthook, held.thread_excepthook
+    # ... and tensorstore also prints tracebacks of such callbacks straight to sys.stderr from
+    # its threads: writes to stderr from any thread but the main one wait behind the error.
+    default_stderr, sys.stderr = sys.stderr, _MainThreadStderr(sys.stderr, held)
     try:
         main(argv)
     except (WorkdirError, CheckpointError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if held.records:
-            first = held.records[0].getMessage().splitlines()[0][:300]
+        held.active = False
+        print(f"error: {e}", file=default_stderr)
+        if held.records or held.writes:
+            first = (held.records[0].getMessage() if held.records else "".join(held.writes).strip()).splitlines()
+            n_lines = "".join(held.writes).count("\n")
             print(
-                f"({len(held.records)} error report(s) of orbax's writer threads held back; the first: {first})",
-                file=sys.stderr,
+                f"({len(held.records)} error report(s) and {n_lines} stderr line(s) of "
+                f"background threads held back; the first: {first[0][:300] if first else ''})",
+                file=default_stderr,
             )
         sys.exit(1)
     finally:
         held.active = False
         sys.excepthook, threading.excepthook = default_hook, default_thread_hook
+        sys.stderr = default_stderr
     held.replay()
 
 
@@ -102,7 +109,7 @@ class _HoldBackgroundErrors(logging_std.Filter):
 
     def __init__(self):
         super().__init__()
-        self.records, self.active = [], True
+        self.records, self.writes, self.active = [], [], True
 
     def filter(self, record):
         if (
@@ -124,6 +131,24 @@ class _HoldBackgroundErrors(logging_std.Filter):
     def replay(self):
         for r in self.records:
             logging_std.getLogger(r.name).handle(r)
+        sys.stderr.write("".join(self.writes))
+
+
+class _MainThreadStderr:
+    """sys.stderr for the run: the main thread's writes (progress bars, warnings, the error)
+    pass at once; other threads' writes are held in `held.writes` while `held.active`."""
+
+    def __init__(self, stream, held: _HoldBackgroundErrors):
+        self._stream, self._held = stream, held
+
+    def write(self, text):
+        if self._held.active and threading.current_thread() is not threading.main_thread():
+            self._held.writes.append(text)
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):  # flush, fileno, isatty, encoding, ...: the real stream's
+        return getattr(self._stream, name)
 
 
 def run():

@@ -33,7 +33,9 @@ def _read_metrics(path: str) -> list[dict]:
     return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
 
 
-def summarize(method: str, rows: list[dict], seconds: float, error: str) -> dict:
+def summarize(method: str, rows: list[dict], seconds: float, error: str, diverged_at: int | None = None) -> dict:
+    """diverged_at: the step whose update was non-finite; the run's steps end there."""
+
     def col(k):
         return np.asarray([r.get(k, np.nan) for r in rows], np.float64)
 
@@ -41,7 +43,7 @@ def summarize(method: str, rows: list[dict], seconds: float, error: str) -> dict
     finite = np.isfinite(loss)
     out = {
         "method": method,
-        "steps": int(rows[-1]["step"]) if rows else 0,
+        "steps": diverged_at if diverged_at is not None else (int(rows[-1]["step"]) if rows else 0),
         "records": len(rows),
         "non_finite": max(int((~finite).sum()), int(bool(error))),
         "loss_first": float(loss[0]) if rows else np.nan,
@@ -92,12 +94,13 @@ def run(config, workdir: str, *, command: str = "") -> list[dict]:
         t = config.train.copy_and_resolve_references()
         t.method.name = method
         mdir = os.path.join(workdir, method)
-        error = ""
+        error, diverged_at = "", None
         start = time.perf_counter()
         try:
             loop.train_and_evaluate(t, mdir)
-        except FloatingPointError as e:  # a non-finite loss: reported, not fatal to the others
-            error = str(e).split(";")[0]
+        except FloatingPointError as e:  # a non-finite update: reported, not fatal to the others
+            error = str(e).split(". ")[0]
+            diverged_at = getattr(e, "step", None)
         seconds = time.perf_counter() - start
         timing = os.path.join(mdir, "timing.json")
         if seconds > 5 or not os.path.exists(timing):  # keep the time of the run that trained it
@@ -106,7 +109,7 @@ def run(config, workdir: str, *, command: str = "") -> list[dict]:
         with open(timing) as f:
             seconds = json.load(f)["seconds"]
         runs[method] = _read_metrics(os.path.join(mdir, "metrics.jsonl"))
-        results.append(summarize(method, runs[method], seconds, error))
+        results.append(summarize(method, runs[method], seconds, error, diverged_at))
         r = results[-1]
         print(
             f"{method:10s} steps {r['steps']:6d}  non-finite {r['non_finite']}  loss {r['loss_first']:.4g} -> "

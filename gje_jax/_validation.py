@@ -183,24 +183,43 @@ def check_scale_tril_if_concrete(scale_tril, name: str) -> None:
         )
 
 
-@jax.jit
-def _finite_flags(leaves):
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+def may_hold_neg_inf(path: str) -> bool:
+    """Leaves that legitimately hold -inf: log-weights of empty slots or dead components."""
+    return "log_weight" in path
 
 
-def first_nonfinite_leaf(tree) -> str | None:
-    """The path (jax.tree_util.keystr) of the first floating leaf of `tree` holding NaN/Inf,
-    or None. One reduction per leaf, stacked into one small array: one transfer to the host."""
+def finite_flags(tree) -> tuple[list[str], jax.Array]:
+    """-> (paths of the floating leaves of `tree`, bool [L]: leaf l holds no NaN/Inf).
+
+    A log-weight leaf (`may_hold_neg_inf`) may hold -inf. jit-safe: one reduction per leaf,
+    stacked, so a caller on the host makes one transfer."""
     flat = [
         (jax.tree_util.keystr(path), x)
         for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
         if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
     ]
+    paths = [p for p, _ in flat]
     if not flat:
-        return None
-    ok = np.asarray(jax.device_get(_finite_flags([x for _, x in flat])))
-    bad = np.flatnonzero(~ok)
-    return flat[int(bad[0])][0] if bad.size else None
+        return paths, jnp.ones((0,), bool)
+    return paths, _finite_flags([x for _, x in flat], tuple(may_hold_neg_inf(p) for p in paths))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _finite_flags(leaves, neg_inf_ok):
+    return jnp.stack(
+        [
+            ~jnp.any(jnp.isnan(x) | (x == jnp.inf)) if allow else jnp.all(jnp.isfinite(x))
+            for x, allow in zip(leaves, neg_inf_ok)
+        ]
+    )
+
+
+def first_nonfinite_leaf(tree) -> str | None:
+    """The path (jax.tree_util.keystr) of the first floating leaf of `tree` holding NaN/Inf
+    (-inf allowed in log-weights), or None. One transfer to the host."""
+    paths, ok = finite_flags(tree)
+    bad = np.flatnonzero(~np.asarray(jax.device_get(ok)))
+    return paths[int(bad[0])] if bad.size else None
 
 
 def check_state_if_concrete(state, name: str) -> None:

@@ -40,22 +40,52 @@ def _restore(config, path, step):
         mngr.close()
 
 
-def test_divergence_saves_no_non_finite_state_and_keeps_every_finite_checkpoint(tmp_path):
+def test_divergence_saves_the_last_finite_state_and_keeps_every_finite_checkpoint(tmp_path):
     config = _diverging()
-    with pytest.raises(FloatingPointError, match=r"Not saved: the state at step (\d+) holds NaN/Inf, first in") as e:
-        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    with pytest.raises(FloatingPointError, match=r"The update at step (\d+) gave NaN/Inf, first in \[") as e:
+        loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
     bad_step = int(e.value.args[0].split("step ")[1].split(" ")[0])
-    assert "--config.debug=True" in str(e.value)
-    _, steps = _restore(config, str(tmp_path), None)
-    assert steps and max(steps) < bad_step and max(steps) == 7 * (bad_step // 7 - 1)
+    assert f"step {bad_step - 1}, is saved" in str(e.value) and "--config.debug=True" in str(e.value)
+    _, steps = _restore(config, str(tmp_path / "run"), None)
+    # The rotation keeps the newest keep_checkpoints; the newest is the last finite state.
+    assert max(steps) == bad_step - 1 and len(steps) == min(config.keep_checkpoints, bad_step // 7 + 1)
     for step in steps:  # every checkpoint kept is finite
-        state, _ = _restore(config, str(tmp_path), step)
+        state, _ = _restore(config, str(tmp_path / "run"), step)
         assert checkpoint.first_nonfinite(state) is None
-    # A rerun resumes from the last finite step and stops at the same point, saving nothing new.
-    with pytest.raises(FloatingPointError, match=f"step {bad_step}"):
-        loop.train_and_evaluate(config, str(tmp_path), progress=False)
-    assert _restore(config, str(tmp_path), None)[1] == steps
-    assert not os.path.exists(tmp_path / workdir.LOCK_NAME)
+    # ... and equal, bitwise, to a run of the same config stopped just before the bad update.
+    reference, _ = loop.train_and_evaluate(config, str(tmp_path / "ref"), progress=False, stop_after=bad_step - 1)
+    saved, _ = _restore(config, str(tmp_path / "run"), bad_step - 1)
+    for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(saved.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(saved.diverged_at) == -1  # saved as a state that trains on when resumed
+    # A rerun resumes from the last finite step and stops at the same update, saving nothing new.
+    with pytest.raises(FloatingPointError, match=f"The update at step {bad_step} "):
+        loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+    assert _restore(config, str(tmp_path / "run"), None)[1] == steps
+    assert not os.path.exists(tmp_path / "run" / workdir.LOCK_NAME)
+
+
+def test_the_step_guard_keeps_the_old_state_from_the_first_bad_update_on():
+    from gje_jax.train.state import guarded_paths, keep_if_finite
+
+    old, *_ = loop.setup(_config("gmje_smc"))
+    assert checkpoint.first_nonfinite(old) is None  # an empty bank's -inf log-weights are allowed
+    good = old.replace(step=old.step + 1, params=jax.tree.map(lambda x: x + 1, old.params))
+    leaf = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(old.params)[0][1][0])
+    nan_params = jax.tree.map(lambda x: x, old.params)
+    flat, tree = jax.tree.flatten(nan_params)
+    flat[1] = flat[1].at[0].set(np.nan)
+    bad = old.replace(step=old.step + 1, params=jax.tree.unflatten(tree, flat))
+    one = jax.numpy.float32(1.0)
+    assert int(keep_if_finite(old, good, one).step) == 1  # a finite update is taken
+    kept = keep_if_finite(old, bad, one)
+    assert int(kept.step) == 0 and int(kept.diverged_at) == 1
+    assert guarded_paths(old)[int(kept.diverged_tensor)] == "['params']" + leaf
+    # Once diverged, even a finite update is refused: the state stays the last finite one.
+    after = keep_if_finite(kept, good.replace(diverged_at=kept.diverged_at), one)
+    assert int(after.step) == 0 and int(after.diverged_at) == 1
+    nan_loss = keep_if_finite(old, good, jax.numpy.float32(np.nan))
+    assert int(nan_loss.step) == 0 and guarded_paths(old)[int(nan_loss.diverged_tensor)] == "['loss']"
 
 
 def test_first_nonfinite_names_the_leaf():
@@ -270,16 +300,68 @@ def test_a_real_full_disk_ends_in_one_error_line_and_resumes_once_freed(tmp_path
         shutil.copytree(mnt / "w", tmp_path / "freed")
     finally:
         subprocess.run(["umount", str(mnt)])
-    # tensorstore's threads may print "Event loop is closed" tracebacks straight to stderr
-    # before it (not through any Python hook); the error itself is one line, the last but a note.
+    # The error is the first thing after the progress bar: the tracebacks tensorstore's and
+    # orbax's threads print wait behind it, summarised in one note.
     assert out.returncode == 1
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "no space left on the device" in errors[0]
-    tail = [line for line in out.stderr.splitlines()[-2:] if not line.startswith("(")]
-    assert tail[-1] == errors[0]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    first = next(i for i, line in enumerate(lines) if "it/s" not in line and "s/it" not in line)
+    assert lines[first].startswith("error:") and "no space left on the device" in lines[first], out.stderr
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert all(line.startswith("(") for line in lines[first + 1 :]), out.stderr
     again = subprocess.run(
         cmd + [f"--workdir={tmp_path / 'freed'}"], cwd=root, capture_output=True, text=True, timeout=240
     )
     assert again.returncode == 0 and "Resumed from step" in again.stdout
     steps = [json.loads(x)["step"] for x in open(tmp_path / "freed" / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == 120
+
+
+def test_background_threads_stderr_waits_behind_the_error(monkeypatch, capsys):
+    """What orbax's and tensorstore's threads print while a save fails comes after the one
+    error line (summarised); on success it is all printed after the run."""
+    import threading
+
+    from experiments import main as entry
+
+    def fails(argv):
+        t = threading.Thread(target=lambda: sys.stderr.write("Traceback (most recent call last):\n  noise\n"))
+        t.start()
+        t.join()
+        sys.stderr.write("main thread progress\n")
+        raise workdir.WorkdirError("the disk is full")
+
+    monkeypatch.setattr(entry, "main", fails)
+    with pytest.raises(SystemExit):
+        entry._main_with_clear_errors(["x"])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "main thread progress" and err[1] == "error: the disk is full"
+    assert err[2].startswith("(0 error report(s) and 2 stderr line(s)") and "Traceback" in err[2]
+    assert len(err) == 3
+
+    def succeeds(argv):
+        t = threading.Thread(target=lambda: sys.stderr.write("a warning from a thread\n"))
+        t.start()
+        t.join()
+        sys.stderr.write("done\n")
+
+    monkeypatch.setattr(entry, "main", succeeds)
+    entry._main_with_clear_errors(["x"])
+    assert capsys.readouterr().err.splitlines() == ["done", "a warning from a thread"]
+
+
+def test_checkpoints_without_the_divergence_record_still_restore(tmp_path):
+    """The record is never saved, so a checkpoint written before it existed (the five
+    TrainState fields, written here by orbax directly) restores into today's TrainState."""
+    import orbax.checkpoint as ocp
+
+    state, *_ = loop.setup(_config("gje"))
+    fields = ("step", "params", "opt_state", "batch_stats", "method_state")
+    old = {k: getattr(state, k) for k in fields}
+    old["params"] = jax.tree.map(lambda x: x + 1, old["params"])
+    with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as mngr:
+        mngr.save(4, args=ocp.args.StandardSave(old))
+        mngr.wait_until_finished()
+    restored, steps = _restore(_config("gje"), str(tmp_path), None)
+    assert steps == [4] and int(restored.diverged_at) == -1 and int(restored.diverged_tensor) == -1
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(old["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -10,6 +10,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from gje_jax import _validation
@@ -44,7 +45,8 @@ def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-    """Saves the whole TrainState as `step` (asynchronously; the manager waits on close).
+    """Saves the whole TrainState as `step` (asynchronously; the manager waits on close), all
+    but its divergence record (-1 whenever a state is saved; restore sets it to -1).
 
     Example:
       >>> import tempfile
@@ -55,7 +57,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
       [3]
       >>> mngr.close()
     """
-    mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    mngr.save(step, args=ocp.args.StandardSave(_stored(state)), force=True)
 
 
 def first_nonfinite(state) -> str | None:
@@ -102,6 +104,20 @@ def discard_after(workdir: str, step: int) -> list[int]:
     return moved
 
 
+def _stored(state):
+    """What is checkpointed: a TrainState without its divergence record, which is -1 whenever a
+    state is saved (so checkpoints keep the format they had before the record existed)."""
+    if hasattr(state, "diverged_at"):
+        return {k: getattr(state, k) for k in ("step", "params", "opt_state", "batch_stats", "method_state")}
+    return state
+
+
+def _unstored(restored, state):
+    if hasattr(state, "diverged_at"):
+        return state.replace(**restored, diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1))
+    return restored
+
+
 def restore_or_keep(mngr: ocp.CheckpointManager, state, step: int | None = None):
     """Restores checkpoint `step` (default: the latest) into `state`'s structure, or
     returns `state` when there is none. Raises CheckpointError (files untouched) if it
@@ -127,9 +143,9 @@ def restore_or_keep(mngr: ocp.CheckpointManager, state, step: int | None = None)
         raise CheckpointError(
             f"config.resume_from_step={step} but {mngr.directory} holds steps {sorted(steps)}; pick one of them."
         )
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _stored(state))
     try:
-        return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        return _unstored(mngr.restore(step, args=ocp.args.StandardRestore(abstract)), state)
     except Exception as e:  # orbax raises several types for corrupt / mismatched trees
         others = sorted(s for s in steps if s != step)
         hint = (

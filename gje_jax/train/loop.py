@@ -20,7 +20,7 @@ from gje_jax.models import build_network
 from gje_jax.train import checkpoint, config_check
 from gje_jax.train import workdir as workdir_lib
 from gje_jax.train.methods import get_method
-from gje_jax.train.state import create_state, make_optimizer, train_step, with_probe_optimizer
+from gje_jax.train.state import create_state, guarded_paths, make_optimizer, train_step, with_probe_optimizer
 
 # Fields whose change makes an existing workdir's checkpoints unusable.
 _IDENTITY_FIELDS = (
@@ -277,17 +277,51 @@ def _write_config(config, workdir: str, old: dict | None, start: int) -> None:
     os.replace(tmp, os.path.join(workdir, name))
 
 
+class Diverged(FloatingPointError):
+    """A non-finite update stopped the run; .step is its step, the state before it is saved.
+
+    Example:
+      >>> from gje_jax.train.loop import Diverged
+      >>> e = Diverged(18, "The update at step 18 gave NaN/Inf")
+      >>> isinstance(e, FloatingPointError), e.step
+      (True, 18)
+    """
+
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
+
+
 def _save_if_finite(mngr, step: int, state, config) -> None:
+    _stop_if_diverged(mngr, state, config)
     bad = checkpoint.first_nonfinite(state)
-    if bad is not None:
+    if bad is not None:  # only a state that was non-finite before training (the guard keeps it so)
         last = mngr.latest_step()
         newest = "none was saved yet" if last is None else f"the newest is step {last}"
         raise FloatingPointError(
             f"Not saved: the state at step {step} holds NaN/Inf, first in {bad} (method {config.method.name}). "
-            f"Every finite checkpoint is kept; {newest}. To find where it diverges, rerun the same command with "
-            "--config.debug=True: it resumes from the newest checkpoint and stops at the first non-finite tensor."
+            f"Every finite checkpoint is kept; {newest}."
         )
     checkpoint.save(mngr, step, state)
+
+
+def _stop_if_diverged(mngr, state, config) -> None:
+    """After a non-finite update the step's guard keeps the last finite state: save it (unless
+    it is saved already) and stop, naming the step and the first non-finite tensor."""
+    at, tensor = (int(x) for x in jax.device_get((state.diverged_at, state.diverged_tensor)))
+    if at < 0:
+        return
+    good = at - 1
+    if mngr.latest_step() != good:
+        checkpoint.save(mngr, good, state.replace(diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1)))
+        mngr.wait_until_finished()
+    raise Diverged(
+        at,
+        f"The update at step {at} gave NaN/Inf, first in {guarded_paths(state)[tensor]} (method "
+        f"{config.method.name}). The last finite state, step {good}, is saved as the newest checkpoint and every "
+        "earlier finite checkpoint is kept. To find where it diverges, rerun the same command with "
+        f"--config.debug=True: it resumes from step {good} and stops at the first non-finite tensor.",
+    )
 
 
 def _tensorboard_dead(writer) -> bool:
@@ -425,19 +459,16 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                 if bar is not None:
                     bar.update(1)
                 if step % config.log_every == 0 or step == end:
-                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    last, at = jax.device_get((metrics, state.diverged_at))
+                    last = {k: float(v) for k, v in last.items()}
                     now = time.perf_counter()
                     last["examples_per_s"] = (step - n_last) * config.batch_size / max(now - t_last, 1e-9)
                     t_last, n_last = now, step
-                    if metrics_file:  # logged before the check below, so a NaN's diagnostics are kept
+                    # The diverging step's record is kept for its diagnostics; later steps were no-ops.
+                    if metrics_file and (at < 0 or at == step):
                         metrics_file.write(workdir_lib.metrics_line(step, last) + "\n")
                         metrics_file.flush()
-                    if not np.isfinite(last["loss"]):
-                        raise FloatingPointError(
-                            f"loss is {last['loss']} at step {step} (method {config.method.name}); metrics: {last}. "
-                            f"Nothing was saved after step {mngr.latest_step()}. "
-                            "Rerun with --config.debug=True to name the first non-finite tensor."
-                        )
+                    _stop_if_diverged(mngr, state, config)
                     if writer:
                         _check_tensorboard(writer, workdir)
                         for k, v in last.items():

@@ -13,6 +13,7 @@ import optax
 from flax.training import train_state
 from jax.experimental import checkify
 
+from gje_jax import _validation
 from gje_jax.train.methods import Embeddings, Method, ema_update
 
 
@@ -32,6 +33,11 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     method_state: Any
+    # -1 while every update was finite. Otherwise the step whose update gave NaN/Inf and the
+    # index of its first bad tensor in `guarded_paths` order; the state then stays the last
+    # finite one (see train_step's guard), so that is what the loop saves.
+    diverged_at: jax.Array
+    diverged_tensor: jax.Array
 
 
 def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
@@ -128,6 +134,8 @@ def create_state(
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
         method_state=method_state,
+        diverged_at=jnp.int32(-1),
+        diverged_tensor=jnp.int32(-1),
     )
 
 
@@ -217,7 +225,7 @@ def check_finite(tree, name: str, step: jax.Array) -> None:
         if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.floating):
             continue
         where = name + jax.tree_util.keystr(path)
-        ok = ~jnp.isnan(leaf) & (leaf != jnp.inf) if "log_weight" in where else jnp.isfinite(leaf)
+        ok = ~jnp.isnan(leaf) & (leaf != jnp.inf) if _validation.may_hold_neg_inf(where) else jnp.isfinite(leaf)
         bad = jnp.sum(~ok)
         checkify.check(
             jnp.all(ok),
@@ -225,6 +233,56 @@ def check_finite(tree, name: str, step: jax.Array) -> None:
             bad=bad,
             step=step,
         )
+
+
+def _guarded(state: TrainState, loss: jax.Array) -> dict:
+    return {
+        "loss": loss,
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "batch_stats": state.batch_stats,
+        "method_state": state.method_state,
+    }
+
+
+def guarded_paths(state: TrainState) -> list[str]:
+    """The names of the tensors train_step's guard checks, in the order of diverged_tensor.
+
+    Example:
+      >>> from gje_jax.train.state import guarded_paths
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> state, *_ = loop.setup(synthetic_views.get_config("runlocal"))
+      >>> guarded_paths(state)[0], guarded_paths(state)[-1]
+      ("['loss']", "['params']['encoder']['backbone']['out']['kernel']")
+    """
+    return _validation.finite_flags(_guarded(state, jnp.float32(0)))[0]
+
+
+def keep_if_finite(old: TrainState, new: TrainState, loss: jax.Array) -> TrainState:
+    """`new` if it and the loss are finite (log-weights may hold -inf) and no earlier update
+    diverged; otherwise `old`, with diverged_at / diverged_tensor set by the first bad update.
+
+    One reduction per tensor and one select per leaf; where(True, new, old) is new bitwise.
+
+    Example:
+      >>> from gje_jax.train.state import keep_if_finite
+      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train import loop
+      >>> old, *_ = loop.setup(synthetic_views.get_config("runlocal"))
+      >>> bad = old.replace(step=old.step + 1, params=jax.tree.map(lambda x: x * jnp.nan, old.params))
+      >>> kept = keep_if_finite(old, bad, jnp.float32(1.0))
+      >>> int(kept.step), int(kept.diverged_at)                 # the old state, flagged at step 1
+      (0, 1)
+    """
+    _, ok = _validation.finite_flags(_guarded(new, loss))
+    accept = jnp.all(ok) & (old.diverged_at < 0)
+    kept = jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
+    first = ~jnp.all(ok) & (old.diverged_at < 0)
+    return kept.replace(
+        diverged_at=jnp.where(first, old.step + 1, old.diverged_at).astype(jnp.int32),
+        diverged_tensor=jnp.where(first, jnp.argmin(ok), old.diverged_tensor).astype(jnp.int32),
+    )
 
 
 def train_step(
@@ -236,6 +294,7 @@ def train_step(
     views_fn: Callable,
     target_momentum: float = 0.99,
     debug: bool = False,
+    guard: bool = True,
 ) -> tuple[TrainState, dict]:
     """One update; a pure function of (state, batch, key).
 
@@ -245,6 +304,9 @@ def train_step(
       or makes: params and method state on entry, views, embeddings, loss, metrics,
       gradients, updated params and method state, in that order. The step must then be
       wrapped in `checkify.checkify`; the first failing check names the tensor and the step.
+    guard: keep the state unchanged when the update is non-finite, from then on
+      (`keep_if_finite`): the state stays the last finite one and records the step and
+      the tensor that failed, for the loop to save and report.
     Returns (new state, metrics dict of [] float32).
 
     Example:
@@ -281,6 +343,8 @@ def train_step(
             method_state, target=ema_update(method_state["target"], new_state.params["encoder"], target_momentum)
         )
     new_state = new_state.replace(method_state=method_state)
+    if guard:
+        new_state = keep_if_finite(state, new_state, loss)
     metrics = dict(
         metrics,
         **update_metrics,
