@@ -141,7 +141,7 @@ def train_density_method(config, method_config, c, t, seed, progress=True, label
     if density is None:  # the batch estimator: the Gaussian of all training embeddings
         z = jnp.concatenate([embed(c), jnp.asarray(t)], axis=1)
         density = fit_gaussian(z, method_config.eps_rel, method_config.eps_abs)
-    return lambda x: density.condition(embed(x))
+    return lambda x: density.condition(embed(x), split=density.dim - t.shape[1])
 
 
 def evaluate(task, cond: ConditionalMixture, c, t, key, num_samples) -> dict:

@@ -133,6 +133,14 @@ def check_int(x, name: str, minimum: int = 1) -> int:
     return int(x)
 
 
+def is_zero(x) -> bool:
+    """True for a concrete scalar equal to 0: a term it weights can be skipped. A traced
+    weight (a schedule inside jit) is never skipped; its term is computed and weighted."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return float(x) == 0.0
+
+
 def check_number(x, name: str, *, low=None, high=None, low_open=False, high_open=False):
     """A finite scalar in [low, high] (open ends as asked). Tracers pass (a traced value,
     e.g. a schedule inside jit, cannot be checked and is not refused)."""

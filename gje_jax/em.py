@@ -103,7 +103,7 @@ def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
 
 def _factor(weights, means, covs, eps_rel, eps_abs, pooled_eps_rel, pooled_shape):
     # The pooled ridge is a floor relative to the whole mixture's spread (scale-equivariant).
-    ridge = pooled_ridge(weights, means, covs, pooled_eps_rel, pooled_shape) if pooled_eps_rel else 0.0
+    ridge = pooled_ridge(weights, means, covs, pooled_eps_rel, pooled_shape) if not v.is_zero(pooled_eps_rel) else 0.0
     return linalg.cholesky(regularize(covs, eps_rel, eps_abs) + ridge)
 
 

@@ -74,7 +74,7 @@ def check_pooled_ridge(pooled_eps_rel: float, shape: str) -> None:
     """
     if shape not in POOLED_SHAPES:
         raise ValueError(f"Unknown pooled ridge shape {shape!r}; valid: {list(POOLED_SHAPES)}.")
-    if not pooled_eps_rel >= 0.0:
+    if not isinstance(pooled_eps_rel, jax.core.Tracer) and not pooled_eps_rel >= 0.0:
         raise ValueError(f"pooled_eps_rel must be >= 0, got {pooled_eps_rel!r}.")
 
 

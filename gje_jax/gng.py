@@ -293,7 +293,7 @@ def mixture(
     check_pooled_ridge(pooled_eps_rel, pooled_shape)
     wins = jnp.maximum(s.wins, 1e-6)
     ridge = 0.0
-    if pooled_eps_rel:
+    if not v.is_zero(pooled_eps_rel):
         share = jnp.where(s.active, wins, 0.0)
         share = share / jnp.maximum(jnp.sum(share), 1e-30)
         active_covs = jnp.where(s.active[:, None, None], covs, 0.0)

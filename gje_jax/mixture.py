@@ -153,6 +153,30 @@ def _residuals(zc, mat, off, k, component_minor):
     return y.reshape((-1, d, k) if component_minor else (-1, k, d))
 
 
+def _vary_together(*xs):
+    """Inside jax.shard_map, marks every x as varying over the mesh axes any of them varies
+    over (a no-op elsewhere). The custom VJPs below must return each cotangent with its
+    input's type, and the cotangent of a replicated factor from a sharded batch varies; this
+    way the transpose of the cast (a psum) is JAX's own, outside the custom rule."""
+    have = [_varying_axes(x) for x in xs]
+    axes = set().union(*have)
+    return tuple(_pcast_varying(x, tuple(sorted(axes - h))) if axes - h else x for x, h in zip(xs, have))
+
+
+def _varying_axes(x) -> set:
+    t = jax.typeof(x)
+    if hasattr(t, "vma"):  # the name in some JAX versions
+        return set(t.vma)
+    mat = getattr(t, "manual_axis_type", None)
+    return set(mat.varying) if mat is not None else set()
+
+
+def _pcast_varying(x, axes: tuple):
+    if hasattr(lax, "pcast"):
+        return lax.pcast(x, axes, to="varying")
+    return lax.pvary(x, axes)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _mahalanobis(z, mat, off, rows: int, k: int, component_minor: bool) -> jax.Array:
     """|W_k z_n - W_k mu_k|^2: [N, K]. z: [N, D]; mat, off: see `_residuals`; rows: points
@@ -269,7 +293,8 @@ def _whitened_distances(z: jax.Array, w: jax.Array, means: jax.Array, *, chunk_e
     wmu = jnp.einsum("kde,ke->kd", w, means)
     if minor:
         w, wmu = jnp.swapaxes(w, 0, 1), wmu.T  # [D, K, D], [D, K]
-    return _mahalanobis(z, w.reshape(k * d, d), wmu.reshape(-1), _rows_per_chunk(k, d, chunk_elements), k, minor)
+    z, mat, off = _vary_together(z, w.reshape(k * d, d), wmu.reshape(-1))
+    return _mahalanobis(z, mat, off, _rows_per_chunk(k, d, chunk_elements), k, minor)
 
 
 def _distances(z, means, scale_trils, w, chunk_elements):
@@ -292,7 +317,7 @@ def _distances(z, means, scale_trils, w, chunk_elements):
         return by_gemm(z, means, scale_trils)
 
     def by_solve(z, means, scale_trils):
-        return _mahalanobis_one(z, means[0], jnp.tril(scale_trils[0]))[:, None]
+        return _mahalanobis_one(*_vary_together(z, means[0], jnp.tril(scale_trils[0])))[:, None]
 
     return lax.platform_dependent(z, means, scale_trils, cpu=by_gemm, default=by_solve)
 
@@ -483,7 +508,8 @@ class GaussianMixture:
 
         Args:
           c: [N, d_c] contexts.
-          split: d_c; defaults to c.shape[1].
+          split: d_c. Without it, d_c = d_t = D / 2 (the shared-encoder layout) and a `c`
+            of another width is refused rather than silently re-splitting the joint.
 
         Returns:
           ConditionalMixture with log_weights [N, K], means [N, K, d_t], chols [K, d_t, d_t].
@@ -492,7 +518,13 @@ class GaussianMixture:
         c = v.as_float(c, "c")
         v.check_rank(c, 2, "c", "[N, d_c]")
         v.check_finite_if_concrete(c, "c")
-        split = c.shape[1] if split is None else split
+        if split is None:
+            if 2 * c.shape[1] != self.dim:
+                raise ValueError(
+                    f"c has {c.shape[1]} columns (shape {tuple(c.shape)}) but the joint has D = {self.dim}: without "
+                    "split, d_c = d_t = D / 2 is assumed. Pass split=d_c explicitly for unequal widths."
+                )
+            split = c.shape[1]
         split = v.check_split(split, self.dim)
         if c.shape[1] != split:
             raise ValueError(f"c has {c.shape[1]} columns (shape {tuple(c.shape)}) but split = {split}.")

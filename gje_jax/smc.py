@@ -236,8 +236,7 @@ def reweight(
       (True, True)
     """
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
-    if not 0.0 <= tempering <= 1.0:
-        raise ValueError(f"tempering must be in [0, 1], got {tempering!r}.")
+    v.check_number(tempering, "tempering", low=0.0, high=1.0)
     log_kde = kernel_log_prob(bank.particles, z, None, scale_tril)  # [M]
     lw = bank.log_weights + tempering * log_kde - age_penalty * bank.ages.astype(z.dtype)
     reweighted = bank.replace(log_weights=jnp.where(bank.filled, lw, -jnp.inf))
@@ -277,7 +276,7 @@ def resample(
         # Unusable weights give idx = -1 (resampling's invalid marker): NaN particles then,
         # which the train loop's finiteness check stops on, not a wrapped-around copy.
         parts = jnp.take(b.particles, idx, axis=0, mode="fill", fill_value=jnp.nan)
-        if rejuvenation and scale_tril is not None:
+        if not v.is_zero(rejuvenation) and scale_tril is not None:
             xi = jax.random.normal(k_jit, parts.shape, parts.dtype)
             parts = parts + rejuvenation * xi @ scale_tril.T
         return ParticleBank(

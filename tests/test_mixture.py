@@ -71,7 +71,7 @@ def test_conditioning_matches_textbook(k):
     dc, dt = 3, 2
     logits, means, covs, chols = random_mixture(rng, k, dc + dt, spread=1.0)
     c = rng.normal(size=(40, dc))
-    cond = jax.jit(lambda c: _gm(logits, means, chols).condition(c))(f32(c))
+    cond = jax.jit(lambda c: _gm(logits, means, chols).condition(c, split=dc))(f32(c))
     r, m, s = _textbook_condition(logits, means, covs, c, dc)
     np.testing.assert_allclose(np.exp(cond.log_weights), r, atol=1e-4)
     np.testing.assert_allclose(cond.means, m, rtol=1e-4, atol=1e-4)
@@ -102,7 +102,7 @@ def test_condition_on_target_by_permutation():
     logits, means, covs, chols = random_mixture(rng, 3, 5, spread=1.0)
     t = rng.normal(size=(10, dt))
     gm = _gm(logits, means, chols).permute(list(range(dc, 5)) + list(range(dc)))
-    cond = gm.condition(f32(t))
+    cond = gm.condition(f32(t), split=dt)
     perm = list(range(dc, 5)) + list(range(dc))
     r, m, _ = _textbook_condition(logits, means[:, perm], covs[:, perm][:, :, perm], t, dt)
     np.testing.assert_allclose(np.exp(cond.log_weights), r, atol=1e-4)
@@ -136,10 +136,26 @@ def test_sampling_moments_within_monte_carlo_error():
     np.testing.assert_allclose(gm.covariance(), cov, rtol=1e-4, atol=1e-4)
 
 
+def test_condition_of_a_wrong_width_context_needs_the_split():
+    """Without split the joint is read as [c ; t] with d_c = d_t; a context of another
+    width is refused (it would silently re-split the joint), and accepted with split."""
+    rng = np.random.default_rng(32)
+    logits, means, covs, chols = random_mixture(rng, 2, 4, spread=1.0)
+    gm = _gm(logits, means, chols)
+    assert gm.condition(f32(rng.normal(size=(3, 2)))).means.shape == (3, 2, 2)
+    with pytest.raises(ValueError, match="Pass split=d_c explicitly"):
+        gm.condition(f32(rng.normal(size=(3, 3))))
+    with pytest.raises(ValueError, match="Pass split=d_c explicitly"):  # under jit too: a shape
+        jax.jit(gm.condition)(f32(rng.normal(size=(3, 1))))
+    c = rng.normal(size=(3, 3))
+    r, m, _ = _textbook_condition(logits, means, covs, c, 3)
+    np.testing.assert_allclose(gm.condition(f32(c), split=3).means, m, rtol=1e-4, atol=1e-4)
+
+
 def test_conditional_sampling_moments():
     rng = np.random.default_rng(31)
     logits, means, covs, chols = random_mixture(rng, 3, 3, spread=2.0)
-    cond = _gm(logits, means, chols).condition(f32(rng.normal(size=(4, 1))))
+    cond = _gm(logits, means, chols).condition(f32(rng.normal(size=(4, 1))), split=1)
     x = np.asarray(cond.sample(jax.random.key(1), 100_000), np.float64)  # [4, n, 2]
     assert x.shape == (4, 100_000, 2)
     np.testing.assert_allclose(x.mean(1), cond.mean(), atol=0.03 * float(np.abs(cond.covariance()).max()) ** 0.5 + 0.01)

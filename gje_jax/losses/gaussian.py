@@ -164,7 +164,7 @@ def gje_loss(
 
     logp, maha = component_log_probs.unchecked(z, dens.means, dens.chols)
     nll = -jnp.mean(logp)
-    geo = _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs) if lambda_geo else jnp.zeros((), z.dtype)
+    geo = _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs) if not v.is_zero(lambda_geo) else jnp.zeros((), z.dtype)
     loss = nll - lambda_geo * geo
 
     batch_fit, s = jax.lax.stop_gradient((batch_fit, s))

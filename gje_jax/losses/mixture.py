@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gje_jax import _validation as v
 from gje_jax import gaussian as g
 from gje_jax.losses.gaussian import check_views, geometry_term, target_geometry_term
 from gje_jax.mixture import GaussianMixture, component_log_probs
@@ -80,12 +81,12 @@ def gmje_loss(
         nll = -jnp.mean(jax.nn.logsumexp(joint_logits, axis=-1))
         bal_resp = resp
     elif objective == "conditional":
-        cond = mixture.condition(c)
+        cond = mixture.condition(c, split=c.shape[1])
         nll = -jnp.mean(cond.log_prob(t))
         bal_resp = jnp.exp(cond.log_weights)
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-    if not lambda_geo:
+    if v.is_zero(lambda_geo):
         geo = jnp.zeros((), z.dtype)
     elif objective == "joint":
         geo = geometry_term.unchecked(c, t, eps_rel=eps_rel, eps_abs=eps_abs)
