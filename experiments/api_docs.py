@@ -39,6 +39,7 @@ MODULES = (
     "gje_jax.train.state",
     "gje_jax.train.loop",
     "gje_jax.train.checkpoint",
+    "gje_jax.train.records",
 )
 
 

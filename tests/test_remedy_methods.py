@@ -1,6 +1,8 @@
 """The remedies as registered training methods: sharding equivalence of the loss, the
 gradients and the stop-gradient state updates; checkpoint round trips; config errors."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -49,10 +51,13 @@ def test_remedy_four_devices_equal_one_device(method, extra):
 @pytest.mark.parametrize("method", ["gmje_em", "gmje_gng", "gmje_smc"])
 def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
     config = _config(method, num_steps=6, checkpoint_every=3, **{"method.bank_size": 64})
-    straight, _ = loop.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
-    loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False, stop_after=3)
-    resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False)
-    assert int(resumed.step) == 6
+    straight, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    # The same workdir resumed from its step-3 checkpoint (step 6 is moved aside) trains
+    # steps 4-6 again from the restored state: one run fewer than a second workdir.
+    with config.unlocked():
+        config.resume_from_step = 3
+    resumed, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert int(resumed.step) == 6 and os.listdir(tmp_path / "checkpoints_discarded") == ["6"]
     for x, y in zip(jax.tree.leaves(resumed.method_state), jax.tree.leaves(straight.method_state)):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=1e-5)
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):

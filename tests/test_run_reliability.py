@@ -365,3 +365,37 @@ def test_checkpoints_without_the_divergence_record_still_restore(tmp_path):
     assert steps == [4] and int(restored.diverged_at) == -1 and int(restored.diverged_tensor) == -1
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(old["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_records_learning_rate_and_load_run(tmp_path):
+    """Each segment appends its record (versions, commit, devices, command); the logged
+    learning rate is the warm-up's closed form; load_run returns the trained state."""
+    from gje_jax.train import load_run
+
+    config = _config(
+        "gmje", num_steps=8, log_every=1, checkpoint_every=4, **{"optim.warmup_steps": 4, "optim.schedule": "constant"}
+    )
+    loop.train_and_evaluate(config, str(tmp_path), progress=False, stop_after=4)
+    trained, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    recs = [json.loads(x) for x in open(tmp_path / "runs.jsonl")]
+    assert [r["start_step"] for r in recs] == [0, 4]
+    assert recs[0]["packages"]["jax"] == jax.__version__ and recs[0]["packages"]["flax"]
+    assert recs[0]["devices"] == [
+        {"platform": "cpu", "kind": jax.devices()[0].device_kind, "count": jax.device_count()}
+    ]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    if head.returncode == 0:
+        assert recs[0]["git"]["commit"] == head.stdout.strip()
+    # Step s's update used lr * n / warmup with n = s - 1 updates before it (then lr).
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+    want = {s: config.optim.lr * min((s - 1) / 4, 1.0) for s in range(1, 9)}
+    assert lrs.keys() == want.keys()
+    np.testing.assert_allclose([lrs[s] for s in want], list(want.values()), rtol=1e-6)
+    run = load_run(str(tmp_path))
+    assert int(run.state.step) == 8 and run.config.method.name == "gmje" and len(run.records) == 2
+    for a, b in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(trained.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(run.density.means, trained.params["method"]["means"])
+    assert int(load_run(str(tmp_path), step=4).state.step) == 4
+    with pytest.raises(workdir.WorkdirError, match="no config.json"):
+        load_run(str(tmp_path / "nothing"))

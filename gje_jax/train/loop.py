@@ -17,10 +17,17 @@ from jax.sharding import PartitionSpec as P
 
 from gje_jax.data import ArraySource, augment, batch_indices, images, local_slice, synthetic
 from gje_jax.models import build_network
-from gje_jax.train import checkpoint, config_check
+from gje_jax.train import checkpoint, config_check, records
 from gje_jax.train import workdir as workdir_lib
 from gje_jax.train.methods import get_method
-from gje_jax.train.state import create_state, guarded_paths, make_optimizer, train_step, with_probe_optimizer
+from gje_jax.train.state import (
+    create_state,
+    guarded_paths,
+    make_optimizer,
+    make_schedule,
+    train_step,
+    with_probe_optimizer,
+)
 
 # Fields whose change makes an existing workdir's checkpoints unusable.
 _IDENTITY_FIELDS = (
@@ -430,6 +437,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                 f"Resumed from step {start} in {workdir}" + (f" ({dropped} later records dropped)." if dropped else ".")
             )
         _write_config(config, workdir, old, start)
+        records.append_run_record(workdir, start)
     writer = None
     if is_main:
         from tensorboardX import SummaryWriter
@@ -447,6 +455,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
 
         bar = tqdm(total=config.num_steps, initial=start, desc=f"{config.method.name}", dynamic_ncols=True)
     last = {}
+    schedule = make_schedule(config.optim, config.num_steps)
     t_last, n_last = time.perf_counter(), start
     failed = False
     try:
@@ -461,6 +470,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                 if step % config.log_every == 0 or step == end:
                     last, at = jax.device_get((metrics, state.diverged_at))
                     last = {k: float(v) for k, v in last.items()}
+                    last["lr"] = float(schedule(step - 1))  # the rate of this step's update
                     now = time.perf_counter()
                     last["examples_per_s"] = (step - n_last) * config.batch_size / max(now - t_last, 1e-9)
                     t_last, n_last = now, step

@@ -40,6 +40,27 @@ class TrainState(train_state.TrainState):
     diverged_tensor: jax.Array
 
 
+def make_schedule(o, num_steps: int) -> optax.Schedule:
+    """The learning rate of update number `count` (0-based): linear warm-up from 0 over
+    o.warmup_steps, then cosine decay to 0 at num_steps or constant.
+
+    Example:
+      >>> from gje_jax.train.state import make_schedule
+      >>> from experiments.configs.common import base_config
+      >>> o = base_config().optim; o.warmup_steps = 10; o.schedule = "constant"
+      >>> [round(float(make_schedule(o, 100)(n)), 6) for n in (0, 5, 50)]
+      [0.0, 0.0005, 0.001]
+    """
+    warmup = min(o.warmup_steps, max(num_steps - 1, 0))
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1))
+    if o.schedule == "constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, o.lr, max(warmup, 1)), optax.constant_schedule(o.lr)], [max(warmup, 1)]
+        )
+    raise ValueError(f"config.optim.schedule={o.schedule!r} is unknown; valid: ['constant', 'cosine'].")
+
+
 def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
     """o: config.optim (name adamw|lars|sgd, lr, weight_decay, warmup_steps, schedule
     cosine|constant, grad_clip, momentum).
@@ -52,15 +73,7 @@ def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
       >>> updates["w"].shape
       (2,)
     """
-    warmup = min(o.warmup_steps, max(num_steps - 1, 0))
-    if o.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1))
-    elif o.schedule == "constant":
-        lr = optax.join_schedules(
-            [optax.linear_schedule(0.0, o.lr, max(warmup, 1)), optax.constant_schedule(o.lr)], [max(warmup, 1)]
-        )
-    else:
-        raise ValueError(f"config.optim.schedule={o.schedule!r} is unknown; valid: ['constant', 'cosine'].")
+    lr = make_schedule(o, num_steps)
     if o.name == "adamw":
         opt = optax.adamw(lr, weight_decay=o.weight_decay)
     elif o.name == "lars":
