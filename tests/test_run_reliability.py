@@ -399,3 +399,22 @@ def test_run_records_learning_rate_and_load_run(tmp_path):
     assert int(load_run(str(tmp_path), step=4).state.step) == 4
     with pytest.raises(workdir.WorkdirError, match="no config.json"):
         load_run(str(tmp_path / "nothing"))
+
+
+def test_a_checkpoint_holding_nan_is_refused_at_start_up(tmp_path):
+    """A NaN checkpoint (as versions without the step's guard wrote) is refused naming the
+    tensor and the earlier steps, instead of a resume whose every update diverges."""
+    config = _config("gje", num_steps=8, log_every=2, checkpoint_every=2)
+    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False, stop_after=4)
+    flat, tree = jax.tree.flatten(state.params)
+    flat[0] = flat[0] * np.nan
+    mngr = checkpoint.make_manager(str(tmp_path))
+    checkpoint.save(mngr, 6, state.replace(step=state.step + 2, params=jax.tree.unflatten(tree, flat)))
+    mngr.wait_until_finished()
+    mngr.close()
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 6 .* holds NaN/Inf, first in \['params'\].*\[2, 4\]"):
+        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    with config.unlocked():
+        config.resume_from_step = 4
+    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    assert int(state.step) == 8 and checkpoint.first_nonfinite(state) is None

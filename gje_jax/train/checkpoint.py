@@ -10,7 +10,6 @@ import os
 import shutil
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from gje_jax import _validation
@@ -105,17 +104,12 @@ def discard_after(workdir: str, step: int) -> list[int]:
 
 
 def _stored(state):
-    """What is checkpointed: a TrainState without its divergence record, which is -1 whenever a
-    state is saved (so checkpoints keep the format they had before the record existed)."""
-    if hasattr(state, "diverged_at"):
-        return {k: getattr(state, k) for k in ("step", "params", "opt_state", "batch_stats", "method_state")}
-    return state
+    # A TrainState says what it checkpoints (TrainState.checkpointed); any other pytree is saved whole.
+    return state.checkpointed() if hasattr(state, "checkpointed") else state
 
 
 def _unstored(restored, state):
-    if hasattr(state, "diverged_at"):
-        return state.replace(**restored, diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1))
-    return restored
+    return state.restored(restored) if hasattr(state, "restored") else restored
 
 
 def restore_or_keep(mngr: ocp.CheckpointManager, state, step: int | None = None):

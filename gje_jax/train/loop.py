@@ -299,28 +299,44 @@ class Diverged(FloatingPointError):
         self.step = step
 
 
-def _save_if_finite(mngr, step: int, state, config) -> None:
+def _save(mngr, step: int, state, config) -> None:
+    """Saves `step`, unless an update diverged: then the state is the last finite one (the
+    step's guard keeps it), saved by _stop_if_diverged. A state starts finite (the start-up
+    check), so every checkpoint is."""
     _stop_if_diverged(mngr, state, config)
-    bad = checkpoint.first_nonfinite(state)
-    if bad is not None:  # only a state that was non-finite before training (the guard keeps it so)
-        last = mngr.latest_step()
-        newest = "none was saved yet" if last is None else f"the newest is step {last}"
-        raise FloatingPointError(
-            f"Not saved: the state at step {step} holds NaN/Inf, first in {bad} (method {config.method.name}). "
-            f"Every finite checkpoint is kept; {newest}."
-        )
     checkpoint.save(mngr, step, state)
 
 
-def _stop_if_diverged(mngr, state, config) -> None:
+def _check_restored(mngr, state, config) -> None:
+    """A checkpoint holding NaN/Inf (written by a version without the guard) is refused at
+    start-up: resuming from it would make every update non-finite."""
+    step = mngr.latest_step()
+    bad = None if step is None else checkpoint.first_nonfinite(state.checkpointed())  # named as the guard does
+    if bad is not None:
+        earlier = sorted(s for s in mngr.all_steps() if s < step)
+        raise checkpoint.CheckpointError(
+            f"The checkpoint of step {step} in {mngr.directory} holds NaN/Inf, first in {bad} (method "
+            f"{config.method.name}). "
+            + (
+                f"Resume from an earlier one with --config.resume_from_step=N (N in {earlier}; later ones are "
+                "moved to checkpoints_discarded/), or use a new --workdir."
+                if earlier
+                else "No earlier checkpoint is left; use a new --workdir."
+            )
+        )
+
+
+def _stop_if_diverged(mngr, state, config, at: int | None = None) -> None:
     """After a non-finite update the step's guard keeps the last finite state: save it (unless
-    it is saved already) and stop, naming the step and the first non-finite tensor."""
-    at, tensor = (int(x) for x in jax.device_get((state.diverged_at, state.diverged_tensor)))
+    it is saved already) and stop, naming the step and the first non-finite tensor.
+    at: state.diverged_at when the caller has fetched it already."""
+    at = int(jax.device_get(state.diverged_at)) if at is None else int(at)
     if at < 0:
         return
+    tensor = int(jax.device_get(state.diverged_tensor))
     good = at - 1
     if mngr.latest_step() != good:
-        checkpoint.save(mngr, good, state.replace(diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1)))
+        checkpoint.save(mngr, good, state)  # the record itself is never checkpointed
         mngr.wait_until_finished()
     raise Diverged(
         at,
@@ -425,6 +441,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
     mngr = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     try:
         state = checkpoint.restore_or_keep(mngr, state, step=resume_from if resume_from >= 0 else None)
+        _check_restored(mngr, state, config)
     except BaseException:
         mngr.close()
         raise
@@ -478,7 +495,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                     if metrics_file and (at < 0 or at == step):
                         metrics_file.write(workdir_lib.metrics_line(step, last) + "\n")
                         metrics_file.flush()
-                    _stop_if_diverged(mngr, state, config)
+                    _stop_if_diverged(mngr, state, config, at)
                     if writer:
                         _check_tensorboard(writer, workdir)
                         for k, v in last.items():
@@ -486,7 +503,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                     if bar is not None:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", ex_s=f"{last['examples_per_s']:.0f}")
                 if step % config.checkpoint_every == 0 or step == end or flag.stop:
-                    _save_if_finite(mngr, step, state, config)
+                    _save(mngr, step, state, config)
                 if flag.stop:
                     print(f"Interrupted: saved step {step} in {workdir}; rerun the same command to resume.")
                     break

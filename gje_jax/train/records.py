@@ -190,6 +190,8 @@ def load_run(workdir: str, step: int | None = None, *, data=None) -> Run:
     if raw is None:
         raise workdir_lib.WorkdirError(f"{workdir} holds no config.json: it is not a run's workdir.")
     config = ml_collections.ConfigDict(_tuples(raw))
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # make_manager would create it
+        raise checkpoint.CheckpointError(f"{workdir} holds no checkpoint yet.")
     state, *_ = loop.setup(config, data=data)
     mngr = checkpoint.make_manager(workdir)
     try:

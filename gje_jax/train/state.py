@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +39,19 @@ class TrainState(train_state.TrainState):
     # finite one (see train_step's guard), so that is what the loop saves.
     diverged_at: jax.Array
     diverged_tensor: jax.Array
+
+    def checkpointed(self) -> dict:
+        """The fields a checkpoint holds: every pytree field but the divergence record (which
+        is -1 whenever a state is saved, so checkpoints keep the format they had before it)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("pytree_node", True) and f.name not in ("diverged_at", "diverged_tensor")
+        }
+
+    def restored(self, fields: dict) -> TrainState:
+        """This state with checkpointed() fields read back, its divergence record reset."""
+        return self.replace(**fields, diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1))
 
 
 def make_schedule(o, num_steps: int) -> optax.Schedule:
@@ -249,13 +263,7 @@ def check_finite(tree, name: str, step: jax.Array) -> None:
 
 
 def _guarded(state: TrainState, loss: jax.Array) -> dict:
-    return {
-        "loss": loss,
-        "params": state.params,
-        "opt_state": state.opt_state,
-        "batch_stats": state.batch_stats,
-        "method_state": state.method_state,
-    }
+    return {"loss": loss, **state.checkpointed()}
 
 
 def guarded_paths(state: TrainState) -> list[str]:
