@@ -1,6 +1,12 @@
 """gje_jax: Gaussian (Mixture) Joint Embeddings for self-supervised learning in JAX."""
 
+import re
+
 from setuptools import find_packages, setup
+
+# The version is written once, in gje_jax/__init__.py.
+with open("gje_jax/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 CORE = [
     "jax>=0.9",
@@ -8,10 +14,10 @@ CORE = [
     "optax>=0.2.4",
     "chex>=0.1.88",
     "numpy>=1.26",
+    "ml-collections>=1.0",  # the declared settings of methods, models and optimisers are ConfigDicts
 ]
 EXPERIMENTS = [
     "orbax-checkpoint>=0.11",
-    "ml-collections>=1.0",
     "absl-py>=2.1",
     "tensorflow-datasets>=4.9.7",
     "array_record>=0.5",
@@ -36,7 +42,7 @@ BENCHMARKS = ["distrax>=0.1.5", "tfp-nightly", "scikit-learn>=1.4"]
 
 setup(
     name="gje_jax",
-    version="0.1.0",
+    version=VERSION,
     description="Gaussian Joint Embeddings (GJE) and Gaussian Mixture Joint Embeddings (GMJE) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -51,4 +57,5 @@ setup(
     },
     entry_points={"console_scripts": ["gje-train=experiments.main:run"]},
     license="Apache-2.0",
+    license_files=["LICENSE"],
 )

@@ -17,6 +17,8 @@ import os
 import re
 import sys
 
+from gje_jax.methods import REGISTRY
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = (
     "gje_jax",
@@ -35,7 +37,14 @@ MODULES = (
     "gje_jax.data.images",
     "gje_jax.data.synthetic",
     "gje_jax.data.pipeline",
-    "gje_jax.train.methods",
+    "gje_jax.settings",
+    "gje_jax.methods",
+    "gje_jax.methods.base",
+    "gje_jax.methods.shared",
+    *REGISTRY.values(),
+    "gje_jax.train.configs",
+    "gje_jax.train.config_check",
+    "gje_jax.train.optim",
     "gje_jax.train.state",
     "gje_jax.train.loop",
     "gje_jax.train.checkpoint",

@@ -4,6 +4,12 @@ r"""Vision benchmark: pretrain (or collect) every method, evaluate frozen featur
       --out=docs/results/vision_cifar10_small
   python -m experiments.report_vision --config=experiments/configs/cifar10_small.py --size=runlocal \
       --methods=simclr,gmje --workdir=/tmp/c10
+  python -m experiments.report_vision --config=experiments/configs/cifar10_small.py:gmje_em \
+      --methods=gmje_em,gmje_gng --config.method.pooled_eps_rel=2 --workdir=runs/c10_pooled2
+
+Overrides are ml_collections ones (`--config.PATH=VALUE`), parsed against the config string's
+method (`FILE:METHOD`, default gmje) and applied to every method of --methods: a
+`--config.method.X` override needs every one of them to have the setting X.
 
 Each method trains in WORKDIR/METHOD (resuming or reusing a finished run) and is evaluated on
 the backbone's features of the un-augmented train and test images: weighted kNN (cosine, both
@@ -18,7 +24,6 @@ from experiments import threads
 
 threads.default_openblas_threads()  # before numpy, scipy and jax load
 
-import ast  # noqa: E402
 import csv  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -30,8 +35,9 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from gje_jax import evaluation  # noqa: E402
+from gje_jax import evaluation, methods  # noqa: E402
 from gje_jax.data import augment, images  # noqa: E402
 from gje_jax.models import build_network  # noqa: E402
 from gje_jax.train import loop  # noqa: E402
@@ -39,28 +45,26 @@ from gje_jax.train import loop  # noqa: E402
 _FLAGS = {}
 
 
-def _define_flags(flag_values=flags.FLAGS) -> None:
+def _define_flags(flag_values=flags.FLAGS, argv=None) -> None:
     """Defined only when run as a script, so importing the helpers below defines no flags
-    (experiments.main has its own --config)."""
+    (experiments.main has its own --config). argv: the command line the --config overrides
+    are read from (default sys.argv)."""
     kw = dict(flag_values=flag_values)
     _FLAGS.update(
-        config=flags.DEFINE_string(
-            "config", "experiments/configs/cifar10_small.py", "Image config file (argument: method).", **kw
+        config=config_flags.DEFINE_config_file(
+            "config",
+            "experiments/configs/cifar10_small.py",
+            "Image config file (argument: the method overrides are parsed against).",
+            lock_config=True,
+            sys_argv=argv,
+            **kw,
         ),
         size=flags.DEFINE_string("size", "", "Size argument appended to the method (e.g. runlocal).", **kw),
-        methods=flags.DEFINE_list("methods", [], "Methods to run (default: every SSL method of the config).", **kw),
+        methods=flags.DEFINE_list("methods", [], "Methods to run (default: every registered method).", **kw),
         workdir=flags.DEFINE_string(
             "workdir", None, "Parent directory of the per-method workdirs.", required=True, **kw
         ),
         out=flags.DEFINE_string("out", "", "Path prefix of the table (.md and .csv); default WORKDIR/vision.", **kw),
-        num_steps=flags.DEFINE_integer("num_steps", 0, "Override config.num_steps (0: keep the config's).", **kw),
-        # Repeatable, not comma-separated: values may hold commas (model.widths=(32,64)).
-        set=flags.DEFINE_multi_string(
-            "set",
-            [],
-            "Config override PATH=VALUE applied to every method, e.g. method.pooled_eps_rel=0.5; repeat for more.",
-            **kw,
-        ),
     )
     # An empty --workdir= would train into the current directory (and reuse whatever run is there).
     flags.register_validator(
@@ -75,29 +79,21 @@ def _load_config_module(path: str):
     return module
 
 
-def method_config(module, method: str, size: str, num_steps: int = 0, overrides=()):
-    """The config of one method; overrides: 'path=value' strings (values parsed as Python
-    literals, else kept as strings). An unknown path raises."""
+def method_config(module, method: str, size: str, overrides=None):
+    """The config of one method with `overrides` ({'PATH': value}, as ml_collections'
+    get_override_values returns them) applied; a PATH the method's config does not hold fails
+    naming it and the method."""
     c = module.get_config(f"{method},{size}" if size else method)
-    c.unlock()
-    if num_steps:
-        c.num_steps = num_steps
-    for item in overrides:
-        path, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects PATH=VALUE, got {item!r}.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
+    for path, value in dict(overrides or {}).items():
         *parents, leaf = path.split(".")
         node = c
         for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise ValueError(f"--set: the config has no field {path!r}.")
-        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], float) else value
-    c.lock()
+            node = node[p] if p in node else None
+            if node is None:
+                break
+        if node is None or leaf not in node:
+            raise ValueError(f"--config.{path}: the config of {method!r} has no such field.")
+        node[leaf] = value
     return c
 
 
@@ -245,18 +241,17 @@ def write_table(rows, config, out: str, command: str) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    module = _load_config_module(_FLAGS["config"].value)
-    from experiments.configs.vision import SSL_METHODS
-
-    methods = _FLAGS["methods"].value or list(SSL_METHODS)
-    size, num_steps, overrides = _FLAGS["size"].value, _FLAGS["num_steps"].value, _FLAGS["set"].value
-    base = method_config(module, methods[0], size, num_steps, overrides)
+    config_flag = flags.FLAGS["config"]
+    module = _load_config_module(config_flags.get_config_filename(config_flag))
+    names = _FLAGS["methods"].value or list(methods.names())
+    size, overrides = _FLAGS["size"].value, config_flags.get_override_values(config_flag)
+    base = method_config(module, names[0], size, overrides)
     d = base.data
     train = images.load_split(d, d.train_split, progress=True)
     test = images.load_split(d, d.test_split, progress=True)
     rows = [random_row(base, train, test, _FLAGS["workdir"].value)]
-    for method in methods:
-        config = method_config(module, method, size, num_steps, overrides)
+    for method in names:
+        config = method_config(module, method, size, overrides)
         row = run_method(config, os.path.join(_FLAGS["workdir"].value, method), train, test)
         print(
             f"{method:10s} kNN "
@@ -266,7 +261,7 @@ def main(argv):
         rows.append(row)
     for r in rows:
         r.update(n_train=len(train["label"]), n_test=len(test["label"]))
-    # Quoted for a POSIX shell: --set values may hold parentheses.
+    # Quoted for a POSIX shell: override values may hold parentheses.
     command = "python -m experiments.report_vision " + shlex.join(sys.argv[1:])
     out = _FLAGS["out"].value or os.path.join(_FLAGS["workdir"].value, "vision")
     print(write_table(rows, base, out, command))

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gje_jax import fit_gaussian, sampling_metrics
+from experiments.configs.common import with_method
+from gje_jax import fit_gaussian, methods, sampling_metrics
 from gje_jax.data import synthetic
 from gje_jax.train import checkpoint, loop
-from gje_jax.train.methods import get_method
 
 
 def _encoder_fn(state):
@@ -60,28 +60,23 @@ def view_embeddings(state, views_fn, arrays: dict, key, batch: int = 500):
 def learned_samples(config, state, train_a, train_b, key, n: int):
     """Samples [n, E] from the method's own density (single-view marginal), or None for
     methods that hold none (deterministic baselines)."""
-    method = get_method(config.method)
+    method = methods.build(config.method)
     params, mstate = state.params["method"], state.method_state
     e = train_a.shape[1]
-    if method.conditional is not None:  # MDN: ancestral through the data's contexts
+    if method.conditional is not None:  # ancestral through the data's contexts
         k1, k2 = jax.random.split(key)
         idx = jax.random.randint(k1, (n,), 0, len(train_a))
         cond = method.conditional(params, mstate, jnp.asarray(train_a)[idx])
         return np.asarray(cond.sample(k2, 1)[:, 0])
-    if config.method.name in ("simclr", "vicreg", "predictor"):
+    if not method.probabilistic:
         return None
-    if config.method.name == "gmje_smc":
-        # One shared kernel factor: draw particles, add L eps (no per-particle factors).
-        bank = mstate["bank"]
-        chol = method.density(params, mstate).chols[0][:e, :e]
-        k1, k2 = jax.random.split(key)
-        idx = jax.random.categorical(k1, bank.log_weights, shape=(n,))
-        eps = jax.random.normal(k2, (n, e))
-        return np.asarray(bank.particles[idx, :e] + eps @ chol.T)
-    density = method.density(params, mstate)
-    if density is None:  # GJE's batch estimator: its Gaussian over all training embeddings
+    if method.sampler is not None:
+        return np.asarray(method.sampler(params, mstate, key, n, e))
+    if method.batch_density:  # the Gaussian of all training embeddings
         m = config.method
         density = fit_gaussian(jnp.asarray(np.concatenate([train_a, train_b], 1)), m.eps_rel, m.eps_abs)
+    else:
+        density = method.density(params, mstate)
     return np.asarray(density.marginal(0, e).sample(key, n))
 
 
@@ -110,7 +105,7 @@ def score(real, labels, fake, num_classes: int) -> dict:
     return out
 
 
-def evaluate_method(part, config, state, views_fn, train, test, num_classes, key, progress=True):
+def evaluate_method(part, config, state, views_fn, train, test, num_classes, key, progress=True, posthoc_k=8):
     """All rows of one trained method: its own density (if any), post-hoc Gaussian, post-hoc GMM."""
     tr_a, tr_b = view_embeddings(state, views_fn, train, jax.random.fold_in(key, 1))
     te_a, _ = view_embeddings(state, views_fn, test, jax.random.fold_in(key, 2))
@@ -120,9 +115,7 @@ def evaluate_method(part, config, state, views_fn, train, test, num_classes, key
     own = learned_samples(config, state, tr_a, tr_b, jax.random.fold_in(key, 3), n)
     if own is not None:
         samples[f"{name} (own density)"] = own
-    for kind, z in posthoc_samples(
-        tr_a, config.method.num_components, jax.random.fold_in(key, 4), n, config.seed
-    ).items():
+    for kind, z in posthoc_samples(tr_a, posthoc_k, jax.random.fold_in(key, 4), n, config.seed).items():
         samples[f"{name} + post-hoc {kind}"] = z
     rows = []
     for label, z in samples.items():
@@ -141,10 +134,7 @@ def evaluate_method(part, config, state, views_fn, train, test, num_classes, key
 
 def train_synthetic(config, name: str, progress: bool):
     """Trains `name` on the synthetic views config; -> (config, state, views_fn, train, test)."""
-    c = config.synthetic.copy_and_resolve_references()
-    c.unlock()
-    c.method.name = name
-    c.lock()
+    c = with_method(config.synthetic, name, config.method_tuning)
     state, step_fn, source, sharding = loop.setup(c)
     key = jax.random.key(c.seed)
     it = range(c.num_steps)
@@ -192,14 +182,17 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
     rows = []
     for part in config.parts:
         figures = {}
-        for name in config.methods:
+        for name in config.methods or methods.names():
             start = time.perf_counter()
             if part == "synthetic":
                 c, state, views_fn, train, test = train_synthetic(config, name, progress)
                 num_classes = c.data.num_clusters
             else:
                 c, state, views_fn, train, test, num_classes = load_vision(config, name)
-            r, real, samples, tr_a = evaluate_method(part, c, state, views_fn, train, test, num_classes, key, progress)
+            k = config.posthoc_components[part]
+            r, real, samples, tr_a = evaluate_method(
+                part, c, state, views_fn, train, test, num_classes, key, progress, posthoc_k=k
+            )
             for row in r:
                 row["seconds"] = time.perf_counter() - start
             rows.extend(r)

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from experiments.configs.common import with_method
+from gje_jax import methods
 from gje_jax.train import loop
 
 # Method diagnostics worth a column, when the method logs them.
@@ -90,9 +92,8 @@ def _figure(runs: dict[str, list[dict]], path: str) -> None:
 def run(config, workdir: str, *, command: str = "") -> list[dict]:
     os.makedirs(workdir, exist_ok=True)
     results, runs = [], {}
-    for method in config.methods:
-        t = config.train.copy_and_resolve_references()
-        t.method.name = method
+    for method in config.methods or methods.names():
+        t = with_method(config.train, method, config.method_tuning)
         mdir = os.path.join(workdir, method)
         error, diverged_at = "", None
         start = time.perf_counter()

@@ -20,20 +20,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gje_jax import effective_rank, empirical_moments, trace_trap_report
+from experiments.configs.common import with_method
+from gje_jax import effective_rank, empirical_moments, methods, trace_trap_report
 from gje_jax.data import synthetic
 from gje_jax.train import loop
-from gje_jax.train.methods import METHODS
 
 
 def _row_config(config, overrides: dict) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(config.train.to_dict())
-    for k, v in overrides.items():
-        c.method[k] = v
-    return c
+    overrides = dict(overrides)
+    return with_method(config.train, overrides.pop("name"), config.method_tuning, **overrides)
 
 
-def run_one(train_config, eval_every: int, num_eval: int, progress: bool, label: str) -> list[dict]:
+def _geometry_weight(m) -> float:
+    """The geometry term's weight in effect (0 where the method does not read lambda_geo)."""
+    spec = methods.module(m.name).SETTINGS.get("lambda_geo")
+    if spec is None or (spec.when is not None and not spec.when[0](m)):
+        return 0.0
+    return m.lambda_geo
+
+
+def run_one(train_config, eval_every: int, num_eval: int, progress: bool, label: str, eps=(1e-4, 1e-6)) -> list[dict]:
     """Trains one method; returns the diagnostics every `eval_every` steps."""
     state, step_fn, source, sharding = loop.setup(train_config)
     views = synthetic.views_for(train_config.data)
@@ -48,7 +54,7 @@ def run_one(train_config, eval_every: int, num_eval: int, progress: bool, label:
             variables["batch_stats"] = state.batch_stats
         a = state.apply_fn(variables, a_in, train=False)
         b = state.apply_fn(variables, b_in, train=False)
-        rep = trace_trap_report(a, b, eps_rel=train_config.method.eps_rel, eps_abs=train_config.method.eps_abs)
+        rep = trace_trap_report(a, b, eps_rel=eps[0], eps_abs=eps[1])
         _, cov_a = empirical_moments(a)
         return {
             "effective_rank": effective_rank(cov_a),
@@ -87,19 +93,19 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     curves, summary = {}, []
-    embed_dim = config.train.model.embed_dim
     for label, overrides in config.rows:
-        overrides = dict(overrides)
-        if overrides["name"] not in METHODS:
-            continue
+        row_config = _row_config(config, overrides)
         start = time.perf_counter()
-        rows = run_one(_row_config(config, overrides), config.eval_every, config.num_eval, progress, label)
+        rows = run_one(
+            row_config, config.eval_every, config.num_eval, progress, label, (config.eps_rel, config.eps_abs)
+        )
         curves[label] = rows
         first, last = rows[0], rows[-1]
+        embed_dim = int(last["dim"]) // 2  # the joint embedding is [c ; t]
         fall = first["std_mean"] / max(last["std_mean"], 1e-30)
         res = {
             "method": label,
-            "lambda_geo": overrides.get("lambda_geo", config.train.method.lambda_geo),
+            "lambda_geo": _geometry_weight(row_config.method),
             "effective_rank_start": first["effective_rank"],
             "effective_rank_end": last["effective_rank"],
             "std_start": first["std_mean"],

@@ -6,7 +6,7 @@ Public API: densities (`GaussianMixture`, `ConditionalMixture`), estimators
 (`gje_jax.evaluation`) and metrics of unconditional samples (`gje_jax.sampling_metrics`).
 """
 
-from gje_jax import em, evaluation, gng, linalg, losses, models, resampling, sampling_metrics, smc
+from gje_jax import em, evaluation, gng, linalg, losses, methods, models, resampling, sampling_metrics, settings, smc
 from gje_jax.gaussian import (
     GaussianStats,
     effective_rank,
@@ -53,6 +53,7 @@ __all__ = [
     "ledoit_wolf",
     "linalg",
     "losses",
+    "methods",
     "models",
     "pooled_covariance",
     "pooled_ridge",
@@ -60,6 +61,7 @@ __all__ = [
     "regularize",
     "resampling",
     "sampling_metrics",
+    "settings",
     "smc",
     "trace_trap_report",
 ]

@@ -27,11 +27,11 @@ def log_softmax(x, axis=-1):
 
 
 def train_config(method="gje", **overrides):
-    """The synthetic runlocal config with `method` and dotted overrides ("optim.lr": 0.1)."""
-    from experiments.configs import synthetic_views
+    """The library's smoke config of `method` with dotted overrides ("optim.lr": 0.1); an
+    override of a field the config does not hold fails (the config is locked)."""
+    from gje_jax.train.configs import smoke_config
 
-    c = synthetic_views.get_config("runlocal")
-    c.method.name = method
+    c = smoke_config(method)
     for k, v in overrides.items():
         parent = c
         *path, last = k.split(".")

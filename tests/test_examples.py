@@ -25,7 +25,7 @@ def _public_objects():
         mod = importlib.import_module(name)
         for n in public_names(mod):
             obj = getattr(mod, n)
-            if id(obj) in seen:
+            if id(obj) in seen or not callable(obj):  # values (a registry dict) have no example
                 continue
             seen.add(id(obj))
             out.setdefault(inspect.unwrap(obj).__module__, []).append(obj)

@@ -238,3 +238,43 @@ def test_target_geometry_term_and_conditional_scale_invariance():
         )
         base = float(loss) if base is None else base
         assert float(loss) == pytest.approx(base, rel=1e-3, abs=1e-3), scale
+
+
+def _barlow_twins_reference(a, b, lam, eps=1e-5):
+    """Zbontar et al.'s loss in float64 NumPy, written from the paper's definition: a loop over
+    the entries of the cross-correlation of the batch-standardised embeddings."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n, d = a.shape
+    za = (a - a.mean(0)) / np.sqrt(a.var(0) + eps)
+    zb = (b - b.mean(0)) / np.sqrt(b.var(0) + eps)
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(za[k, i] * zb[k, j] for k in range(n)) / n
+            total += (1.0 - c) ** 2 if i == j else lam * c**2
+    return total
+
+
+@pytest.mark.parametrize("lam", [5e-3, 0.5])
+def test_barlow_twins_matches_a_reference_and_its_limits(lam):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(24, 5)) * rng.uniform(0.5, 3.0, size=5) + 2.0
+    b = a @ rng.normal(size=(5, 5)) * 0.3 + 0.1 * rng.normal(size=(24, 5))
+    loss, metrics = losses.barlow_twins_loss(
+        jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), lambda_offdiag=lam
+    )
+    np.testing.assert_allclose(float(loss), _barlow_twins_reference(a, b, lam), rtol=1e-4)
+    # Invariances: a per-dimension affine map of either view leaves the loss unchanged.
+    scale, shift = rng.uniform(0.2, 5.0, size=5), rng.normal(size=5)
+    moved, _ = losses.barlow_twins_loss(
+        jnp.asarray(a * scale + shift, jnp.float32), jnp.asarray(b, jnp.float32), lambda_offdiag=lam
+    )
+    np.testing.assert_allclose(float(moved), float(loss), rtol=1e-4)
+    # Limits: identical decorrelated views reach 0; the off-diagonal term is lam-weighted.
+    q, _ = np.linalg.qr(rng.normal(size=(64, 4)))
+    white = jnp.asarray((q - q.mean(0)) * 8.0, jnp.float32)
+    zero, m = losses.barlow_twins_loss(white, white, lambda_offdiag=lam)
+    assert float(m["on_diagonal"]) < 1e-6
+    np.testing.assert_allclose(float(zero), lam * float(m["off_diagonal"]), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError):
+        losses.barlow_twins_loss(jnp.ones((4, 3)), jnp.ones((4, 2)))

@@ -331,10 +331,9 @@ def test_property_resampling_draws_only_positive_weights(weights, num, scheme, s
 
 
 def _debug_config(method="gmje"):
-    from experiments.configs.common import base_config
+    from gje_jax.train.configs import base_config
 
-    c = base_config()
-    c.method.name = method
+    c = base_config(method)
     c.batch_size, c.data.num_examples, c.num_steps = 32, 256, 2
     c.debug = True
     return c

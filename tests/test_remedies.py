@@ -13,10 +13,8 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture as SkGMM
 
-from experiments.configs.common import base_config
-from gje_jax import ConditionalMixture, em, gng
+from gje_jax import ConditionalMixture, em, gng, methods
 from gje_jax.models import MDNHead
-from gje_jax.train.methods import Embeddings, get_method
 from tests.helpers import random_spd
 
 
@@ -289,17 +287,16 @@ def test_add_variance_widens_every_layout_like_scipy():
 
 
 def test_mdn_pooled_ridge_tracks_the_target_variance():
-    m = base_config().method
-    m.name, m.num_components, m.mdn_hidden, m.pooled_eps_rel, m.momentum = "gmje_mdn", 3, (8,), 0.5, 0.9
-    method = get_method(m)
+    m = methods.default_settings("gmje_mdn", num_components=3, mdn_hidden=(8,), pooled_eps_rel=0.5, momentum=0.9)
+    method = methods.build(m)
     params, state = method.init(jax.random.key(0), 2, 2)
     a, b = jax.random.normal(jax.random.key(1), (2, 64, 2))
-    emb = Embeddings(a, 3 * b)
+    emb = methods.Embeddings(a, 3 * b)
     loss, _ = method.loss(params, state, emb)
     assert np.isfinite(float(loss))
     state, _ = method.update(state, emb, None, jax.random.key(2))
     np.testing.assert_allclose(float(state["target_var"]), np.var(3 * np.asarray(b), axis=0).mean(), rtol=1e-5)
-    state2, _ = method.update(state, Embeddings(a, b), None, jax.random.key(3))
+    state2, _ = method.update(state, methods.Embeddings(a, b), None, jax.random.key(3))
     expect = 0.9 * np.var(3 * np.asarray(b), axis=0).mean() + 0.1 * np.var(np.asarray(b), axis=0).mean()
     np.testing.assert_allclose(float(state2["target_var"]), expect, rtol=1e-5)
     # Inference sees the same floor: every predicted variance >= 0.5 * the tracked variance.

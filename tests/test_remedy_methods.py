@@ -8,14 +8,19 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from gje_jax import methods
 from gje_jax.train import config_check, loop
 from tests.test_train import _config
 
-REMEDIES = [
-    ("gmje_em", {}),
+# Stateful methods are found by their declared state (no names); variants beyond defaults.
+STATEFUL = [
+    n
+    for n in methods.names()
+    if jax.tree.leaves(jax.eval_shape(lambda k, n=n: methods.build({"name": n}).init(k, 3, 3)[1], jax.random.key(0)))
+]
+REMEDIES = [(n, {}) for n in STATEFUL] + [
     ("gmje_mdn", {}),
     ("gmje_mdn", {"method.mdn_covariance": "full"}),
-    ("gmje_gng", {}),
     ("gmje_smc", {"method.bank_size": 64, "method.ess_threshold": 0.9}),
     ("gmje_smc", {"method.bank_loss": "both", "method.bank_kernel": "isotropic", "method.resampling": "residual"}),
 ]
@@ -48,9 +53,10 @@ def test_remedy_four_devices_equal_one_device(method, extra):
             np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-4, err_msg=f"{name}{jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("method", ["gmje_em", "gmje_gng", "gmje_smc"])
+@pytest.mark.parametrize("method", STATEFUL)
 def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
-    config = _config(method, num_steps=6, checkpoint_every=3, **{"method.bank_size": 64})
+    small_bank = {"method.bank_size": 64} if "bank_size" in methods.module(method).SETTINGS else {}
+    config = _config(method, num_steps=6, checkpoint_every=3, **small_bank)
     straight, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
     # The same workdir resumed from its step-3 checkpoint (step 6 is moved aside) trains
     # steps 4-6 again from the restored state: one run fewer than a second workdir.
@@ -72,7 +78,7 @@ def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
         ("gmje_smc", "method.ess_threshold", 1.5, r"ess_threshold must be in \(0, 1\]"),
         ("gmje_smc", "method.resampling", "sistematic", "method.resampling='sistematic' is unknown"),
         ("gmje_smc", "method.bank_loss", "nce", "bank_loss"),
-        ("gmje_gng", "method.gng_capacity", 1, "gng_capacity must be >= 2"),
+        ("gmje_gng", "method.gng_capacity", 1, r"gng_capacity must be in \[2, inf\)"),
         ("gmje_gng", "method.gng_eps_b", 2.0, r"gng_eps_b must be in \[0, 1\]"),
         ("gmje_gng", "method.gng_covariance", "full", "gng_covariance"),
         ("gmje_mdn", "method.mdn_covariance", "tril", "mdn_covariance"),

@@ -114,9 +114,9 @@ def test_two_processes_on_one_workdir_one_is_refused(tmp_path):
     """Two real processes started together: exactly one trains, the other is refused."""
     code = (
         f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
-        "from experiments.configs import synthetic_views\n"
+        "from gje_jax.train.configs import smoke_config\n"
         "from gje_jax.train import loop, workdir\n"
-        "c = synthetic_views.get_config('runlocal'); c.num_steps = 30\n"
+        "c = smoke_config(); c.num_steps = 30\n"
         "try:\n"
         f"    loop.train_and_evaluate(c, {str(tmp_path)!r}, progress=False); print('TRAINED')\n"
         "except workdir.WorkdirError as e:\n"

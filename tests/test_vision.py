@@ -339,26 +339,41 @@ def test_report_helpers_import_next_to_the_main_entry_point():
 
 
 def test_report_overrides_set_typed_fields_and_reject_unknown_paths():
+    from absl import flags
+    from ml_collections import config_flags
+
     from experiments import report_vision
     from experiments.configs import cifar10_small
 
-    c = report_vision.method_config(
-        cifar10_small, "gmje_em", "runlocal", 7, ["method.pooled_eps_rel=1", "model.widths=(4, 8)", "optim.name=sgd"]
-    )
+    # The command line: ml_collections overrides, parsed against the config string's method;
+    # a value may hold commas and parentheses.
+    argv = [
+        "report_vision",
+        "--workdir=w",
+        "--config=experiments/configs/cifar10_small.py:gmje_em,runlocal",
+        "--config.model.widths=(4,8)",
+        "--config.method.pooled_eps_rel=1",
+        "--config.optim.name=sgd",
+        "--config.num_steps=7",
+    ]
+    fv = flags.FlagValues()
+    report_vision._define_flags(fv, argv)
+    fv(argv)
+    overrides = config_flags.get_override_values(fv["config"])
+    c = report_vision.method_config(cifar10_small, "gmje_em", "runlocal", overrides)
     assert c.num_steps == 7 and c.method.pooled_eps_rel == 1.0 and isinstance(c.method.pooled_eps_rel, float)
     assert tuple(c.model.widths) == (4, 8) and c.optim.name == "sgd"
-    with pytest.raises(ValueError, match="no field 'method.pooled_eps'"):
-        report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, ["method.pooled_eps=1"])
-    with pytest.raises(ValueError, match="PATH=VALUE"):
-        report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, ["method.pooled_eps_rel"])
-    # The command line: --set repeats, and a value may hold commas.
-    from absl import flags
-
-    fv = flags.FlagValues()
-    report_vision._define_flags(fv)
-    fv(["report_vision", "--workdir=w", "--set=model.widths=(4,8)", "--set=method.pooled_eps_rel=1"])
-    c = report_vision.method_config(cifar10_small, "gmje_em", "runlocal", 0, fv["set"].value)
-    assert tuple(c.model.widths) == (4, 8) and c.method.pooled_eps_rel == 1.0
+    # Applied to another method that has the setting; one without it is refused by name.
+    assert report_vision.method_config(cifar10_small, "gmje_gng", "runlocal", overrides).method.pooled_eps_rel == 1.0
+    with pytest.raises(ValueError, match=r"--config.method.pooled_eps_rel: the config of 'simclr' has no such field"):
+        report_vision.method_config(cifar10_small, "simclr", "runlocal", overrides)
+    # A path the parsing config does not hold fails at the command line, naming it.
+    argv = ["report_vision", "--workdir=w", "--config=experiments/configs/cifar10_small.py:gmje_em"]
+    argv.append("--config.method.pooled_eps=1")
+    bad = flags.FlagValues()
+    report_vision._define_flags(bad, argv)
+    with pytest.raises(Exception, match="pooled_eps"):
+        bad(argv)
     # An empty --workdir (a shell variable that was never set) is refused, not the current directory.
     empty = flags.FlagValues()
     report_vision._define_flags(empty)

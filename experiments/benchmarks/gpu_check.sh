@@ -44,16 +44,16 @@ if [ "$TINY" = 1 ]; then
   done
   export PYTHONPATH="$WORK/block:$PYTHONPATH"
   KERNELS=(--quick --repeats=1)
-  STEP=(--encoder=convnet_small --batch=32 --embed=32 --dtype=bfloat16 --remedies)
-  TRAIN=(--num_steps=3 --set=batch_size=32 --set=optim.warmup_steps=1 --set=eval.probe_epochs=2)
+  STEP=(--encoder=convnet_small --batch=32 --embed=32 --dtype=bfloat16)
+  TRAIN=(--config.num_steps=3 --config.batch_size=32 --config.optim.warmup_steps=1 --config.eval.probe_epochs=2)
   LIMITS=(300 300 500)
 else
   SRC=".gpu_data"
   [ -f "$SRC/cifar10_train.npz" ] || { echo "no $SRC/cifar10_train.npz: run gpu_data pack first"; exit 101; }
   KERNELS=(--repeats=1)
-  STEP=(--encoder=resnet18 --batch=512 --embed=128 --dtype=bfloat16 --remedies)
+  STEP=(--encoder=resnet18 --batch=512 --embed=128 --dtype=bfloat16)
   # 10 epochs of the 12000-image subset at batch 512; one epoch of warm-up.
-  TRAIN=(--num_steps=234 --set=optim.warmup_steps=23)
+  TRAIN=(--config.num_steps=234 --config.optim.warmup_steps=23)
   LIMITS=(170 150 200)
 fi
 mapfile -t SETS < <("$PY" -m experiments.benchmarks.gpu_data install --src="$SRC" --root="$DATA" | tr ' ' '\n')

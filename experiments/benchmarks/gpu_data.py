@@ -11,7 +11,7 @@ the missing packages' wheels.
 
 `install` (there) writes the subset where `load_split` looks for its decoded cache, for a
 config whose `data.directory` is DIR/cifar10 and `data.cache_dir` DIR/cache; the loader then
-reads the cache and never imports tensorflow-datasets. It prints the two `--set` overrides
+reads the cache and never imports tensorflow-datasets. It prints the two `--config.` overrides
 that point a config there.
 """
 
@@ -34,7 +34,7 @@ def _data_config(root: str | None = None):
 
 
 def overrides(root: str) -> list[str]:
-    """The report_vision --set values that read the installed subset."""
+    """The report_vision --config overrides that read the installed subset."""
     d = _data_config(root)
     return [f"data.directory={d.directory}", f"data.cache_dir={d.cache_dir}"]
 
@@ -83,7 +83,7 @@ def main():
         sizes = pack(args.out, args.train, args.test)
         print({k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()})
     else:
-        print(" ".join(f"--set={o}" for o in install(args.src, args.root)))
+        print(" ".join(f"--config.{o}" for o in install(args.src, args.root)))
 
 
 if __name__ == "__main__":

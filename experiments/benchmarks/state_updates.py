@@ -19,19 +19,18 @@ import jax.numpy as jnp
 from experiments.benchmarks import common
 from experiments.benchmarks.train_step import step_time_ms
 from experiments.configs.common import base_config
-from gje_jax import em, gng, smc
-from gje_jax.models import build_network
-from gje_jax.train.methods import get_method
+from gje_jax import em, gng, methods, smc
+from gje_jax.models import build_network, model_config
 from gje_jax.train.state import make_optimizer
 
 
 def step_ms(encoder: str, batch: int, embed: int) -> float:
     cfg = base_config()
-    cfg.model.encoder, cfg.model.projector, cfg.model.embed_dim = encoder, "bn", embed
-    cfg.model.projector_hidden = (512,)
+    cfg.model = model_config(encoder, projector="bn", projector_hidden=(512,), embed_dim=embed)
     net = build_network(cfg.model)
-    cfg.method.name = "simclr"
-    method = get_method(cfg.method)
+    # The step of a method without state updates: the reference the updates are timed against.
+    name = next(n for n in methods.names() if not methods.build(methods.default_settings(n)).probabilistic)
+    method = methods.build(methods.default_settings(name))
     data = {"x": jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))}
     return step_time_ms(net, method, make_optimizer(cfg.optim, 100), data)
 

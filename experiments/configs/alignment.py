@@ -10,8 +10,6 @@ r"""Synthetic multi-modal alignment (the default main job).
 
 import ml_collections
 
-from experiments.configs.common import base_config
-
 
 def get_config(arg: str = ""):
     c = ml_collections.ConfigDict()
@@ -25,7 +23,7 @@ def get_config(arg: str = ""):
         ring=dict(context_dim=1, target_dim=2, noise=0.1),
         control=dict(context_dim=1, target_dim=1, noise=0.3),
     )
-    c.methods = ()  # empty: every registered method of experiments/alignment.py's ROWS
+    c.methods = ()  # rows to run, by label or registry name; empty: every row of experiments/alignment.py's ROWS
     c.num_train = 8192
     c.num_test = 2000
     c.num_samples = 32
@@ -34,14 +32,16 @@ def get_config(arg: str = ""):
     c.lr = 3e-3
     c.hidden = (64, 64)
     c.embed_dim = 2  # context embedding width
-    c.method = base_config().method
-    c.method.num_components = 8
-    c.method.gng_capacity = 16
-    c.method.gng_insert_every = 50
-    c.method.bank_size = 2048
-    c.method.bank_kernel = "isotropic"
-    c.method.bank_bandwidth = 0.1
-    c.method.mdn_hidden = (64,)
+    # Method settings for every row's method that reads them (each row names its method).
+    c.method_tuning = dict(
+        num_components=8,
+        gng_capacity=16,
+        gng_insert_every=50,
+        bank_size=2048,
+        bank_kernel="isotropic",
+        bank_bandwidth=0.1,
+        mdn_hidden=(64,),
+    )
     if arg == "full":
         c.run_tasks = ("two_branch", "k_branch", "ring", "control")
         c.num_train = 16384
@@ -52,7 +52,7 @@ def get_config(arg: str = ""):
         c.steps = 60
         c.batch_size = 64
         c.num_samples = 8
-        c.method.bank_size = 256
+        c.method_tuning.bank_size = 256
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: '', 'full' or 'runlocal'.")
     c.lock()

@@ -9,6 +9,7 @@ the schedule follows num_steps.
 """
 
 from experiments.configs.vision import set_method_model, vision_base
+from gje_jax.models import model_config
 
 _TRAIN_IMAGES = 50000
 
@@ -20,12 +21,9 @@ def get_config(arg: str = "gmje"):
     c.num_steps = epochs * (_TRAIN_IMAGES // c.batch_size)
     c.log_every = 50
     c.checkpoint_every = 1000
-    c.model.encoder = "resnet18"
-    c.model.stem = "cifar"
-    c.model.projector = "bn"
-    c.model.projector_hidden = (2048,)
-    c.model.embed_dim = 128
-    c.model.dtype = "bfloat16"
+    c.model = model_config(
+        "resnet18", stem="cifar", projector="bn", projector_hidden=(2048,), embed_dim=128, dtype="bfloat16"
+    )
     c.optim.name = "lars"
     c.optim.lr = 0.3 * c.batch_size / 256  # the usual linear scaling of the LARS base rate
     c.optim.weight_decay = 1e-6
@@ -33,7 +31,8 @@ def get_config(arg: str = "gmje"):
     c.optim.warmup_steps = 10 * (_TRAIN_IMAGES // c.batch_size)
     c.optim.schedule = "cosine"
     c.optim.grad_clip = 0.0
-    c.method.bank_size = 16384
+    if "bank_size" in c.method:
+        c.method.bank_size = 16384
     set_method_model(c, expander=2048)
     c.lock()
     return c

@@ -12,6 +12,8 @@ gmje_smc); append ',runlocal' for a seconds-long smoke run (e.g. `:simclr,runloc
 """
 
 from experiments.configs.vision import set_method_model, vision_base
+from gje_jax import methods
+from gje_jax.models import model_config
 
 
 def get_config(arg: str = "gmje"):
@@ -21,12 +23,9 @@ def get_config(arg: str = "gmje"):
     c.num_steps = 2400
     c.log_every = 25
     c.checkpoint_every = 100
-    c.model.encoder = "convnet_small"
-    c.model.widths = (32, 64, 128)
-    c.model.patch = 2
-    c.model.projector = "bn"
-    c.model.projector_hidden = (512,)
-    c.model.embed_dim = 64
+    c.model = model_config(
+        "convnet_small", widths=(32, 64, 128), patch=2, projector="bn", projector_hidden=(512,), embed_dim=64
+    )
     c.optim.name = "adamw"
     c.optim.lr = 2e-3
     c.optim.weight_decay = 1e-4
@@ -41,11 +40,8 @@ def get_config(arg: str = "gmje"):
         c.model.widths = (8, 16)
         c.model.projector_hidden = (32,)
         c.model.embed_dim = 8
-        c.method.num_components = 3
-        c.method.mdn_hidden = (16,)
-        c.method.gng_capacity = 6
-        c.method.gng_insert_every = 2
-        c.method.bank_size = 64
+        smoke = dict(num_components=3, mdn_hidden=(16,), gng_capacity=6, gng_insert_every=2, bank_size=64)
+        methods.apply_tuning(c.method, smoke)
         c.eval.probe_epochs = 5
         c.eval.knn_k = (5, 3)
     elif size:

@@ -12,27 +12,29 @@ import ml_collections
 
 from experiments.configs.common import clustered_views_train
 
-METHODS = ("gje", "gmje", "gmje_em", "gmje_mdn", "gmje_gng", "gmje_smc", "simclr", "vicreg", "predictor")
-
 
 def get_config(arg: str = ""):
     c = ml_collections.ConfigDict()
     c.experiment = "sampling"
     c.seed = 0
     c.parts = ("synthetic", "cifar10")
-    c.methods = METHODS
+    c.methods = ()  # empty: every registered method
     c.num_heldout = 4000
     if arg not in ("", "runlocal"):
         raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
     # Synthetic part: clustered points (labels = 8 clusters), two noisy views, an MLP encoder.
-    t = clustered_views_train(runlocal=arg == "runlocal")
+    t, tuning = clustered_views_train(runlocal=arg == "runlocal")
     if arg == "runlocal":
         t.num_steps = 20
     else:
         t.num_steps = 1500
         t.data.num_examples = 16384
-        t.method.bank_size = 4096
+        tuning["bank_size"] = 4096
     c.synthetic = t
+    c.method_tuning = tuning
+    # Components of the post-hoc GMM fitted to each method's embeddings (the clusters of the
+    # synthetic part; the image recipes' K).
+    c.posthoc_components = dict(synthetic=tuning["num_components"], cifar10=16)
     # CIFAR-10 part: the report_vision runs.
     c.vision_config = "experiments/configs/cifar10_small.py"
     c.vision_size = ""

@@ -11,16 +11,14 @@ import ml_collections
 
 from experiments.configs.common import clustered_views_train
 
-METHODS = ("gje", "gmje", "gmje_em", "gmje_mdn", "gmje_gng", "gmje_smc", "simclr", "vicreg", "predictor")
-
 
 def get_config(arg: str = ""):
     if arg not in ("", "runlocal"):
         raise ValueError(f"Unknown config argument {arg!r}; valid: '' or 'runlocal'.")
     c = ml_collections.ConfigDict()
     c.experiment = "stability"
-    c.methods = METHODS
-    t = clustered_views_train(runlocal=arg == "runlocal")
+    c.methods = ()  # empty: every registered method
+    t, c.method_tuning = clustered_views_train(runlocal=arg == "runlocal")
     t.num_steps = 40 if arg == "runlocal" else 20000
     t.log_every = 10 if arg == "runlocal" else 100
     t.checkpoint_every = 20 if arg == "runlocal" else 2000

@@ -4,11 +4,10 @@ and per-method settings. Not a config itself."""
 import ml_collections
 
 from experiments.configs.common import base_config
+from gje_jax import methods
 
 # The offline prepared copy shipped beside the project (see ../shared/data/README.md).
 SHARED_CIFAR10 = "../shared/data/tfds/cifar10_jpeg/1.0.0"
-
-SSL_METHODS = ("simclr", "vicreg", "predictor", "gje", "gmje", "gmje_em", "gmje_mdn", "gmje_gng", "gmje_smc")
 
 _DATASETS = {
     # name: (image_shape, num_classes, recipe, channel mean, channel std)
@@ -39,46 +38,51 @@ def image_data(name: str = "cifar10") -> dict:
     )
 
 
-def set_method(c: ml_collections.ConfigDict, method: str) -> None:
-    """Per-method settings shared by the image recipes."""
-    if method not in SSL_METHODS:
-        raise ValueError(f"Unknown method {method!r} for an image config; valid: {list(SSL_METHODS)}.")
-    m = c.method
-    m.name = method
-    m.tau = 0.2
-    m.predictor_loss = "cosine"
-    m.target_momentum = 0.99
-    m.num_components = 16
-    m.objective = "joint"
-    m.lambda_geo = 1.0
+# Method settings of the image recipes, for every method that reads them.
+VISION_TUNING = dict(
+    tau=0.2,
+    predictor_loss="cosine",
+    target_momentum=0.99,
+    num_components=16,
+    objective="joint",
+    lambda_geo=1.0,
     # GJE on images: the batch estimator falls into the trace trap here (a 256-image batch
     # against a 128-D joint: effective rank 1.7 and kNN 30.2 after 800 steps, below the
     # random encoder's 38.4); EMA statistics keep rank ~30 (kNN 45.8); a Gaussian learned
     # by SGD with the encoder does best (kNN 50.6; all measured, docs/vision_ablations.md).
-    m.estimator = "param"
-    # EM, GNG and MDN on images: without a floor relative to the embeddings' spread their
-    # mixtures reward packing the images into K tight clusters (GNG: embedding std 0.013 and
-    # kNN 28.2; EM 35.3; MDN 35.6, below the random encoder's 38.4, measured at 800 steps).
-    # kNN at k = 200 with pooled_eps_rel 0.5 / 2 / 8: EM 41.9 / 46.0 / 47.2, GNG 41.5 / 46.0 /
-    # 47.6, MDN 40.8 / 48.2 / 48.5; 32 is no better (docs/vision_ablations.md). A ridge
-    # shaped like the total covariance (pooled_shape) at 8 gave EM 47.7, GNG 47.7.
-    m.pooled_eps_rel = 8.0
-    # At 2400 steps (with the fixed output scale of set_method_model) a ridge shaped like the
-    # total covariance beat the isotropic one: EM 48.3 against 47.4, GNG 48.3 against 47.1.
-    if method in ("gmje_em", "gmje_gng"):
-        m.pooled_shape = "covariance"
-    # The ridge widens every component about (1 + pooled_eps_rel)-fold, which weakens the
-    # NLL's pull (aligning the views) against the geometry term's push (decorrelating the
-    # dimensions); with the fixed output scale of set_method_model, lambda_geo no longer has
-    # to be 1 for scale invariance. EM at 800 steps, kNN k=200 with lambda_geo 2 / 1 / 0.5 /
-    # 0.25 / 0.125: 47.2 / 48.3 / 48.9 / 49.0 / 49.1 (0: the NLL fell without bound, NaN at
-    # step 225). At 2400 steps, 0.125 against 1: EM 51.8 / 48.3, GNG 49.6 / 48.3, MDN 53.7 / 48.5.
-    if method in ("gmje_em", "gmje_gng", "gmje_mdn"):
-        m.lambda_geo = 0.125
-    m.mdn_hidden = (256,)
-    m.gng_capacity = 32
-    m.gng_insert_every = 50
-    m.bank_size = 4096
+    estimator="param",
+    mdn_hidden=(256,),
+    gng_capacity=32,
+    gng_insert_every=50,
+    bank_size=4096,
+)
+# The methods that fit their density to the embeddings' own scale (those with a pooled
+# ridge: EM, GNG, MDN). Without a floor relative to the embeddings' spread their mixtures
+# reward packing the images into K tight clusters (GNG: embedding std 0.013 and kNN 28.2;
+# EM 35.3; MDN 35.6, below the random encoder's 38.4, measured at 800 steps). kNN at
+# k = 200 with pooled_eps_rel 0.5 / 2 / 8: EM 41.9 / 46.0 / 47.2, GNG 41.5 / 46.0 / 47.6,
+# MDN 40.8 / 48.2 / 48.5; 32 is no better (docs/vision_ablations.md). A ridge shaped like
+# the total covariance (pooled_shape) at 8 gave EM 47.7, GNG 47.7; at 2400 steps (with the
+# fixed output scale of set_method_model) it beat the isotropic one: EM 48.3 against 47.4,
+# GNG 48.3 against 47.1.
+# The ridge widens every component about (1 + pooled_eps_rel)-fold, which weakens the NLL's
+# pull (aligning the views) against the geometry term's push (decorrelating the dimensions);
+# with the fixed output scale, lambda_geo no longer has to be 1 for scale invariance. EM at
+# 800 steps, kNN k=200 with lambda_geo 2 / 1 / 0.5 / 0.25 / 0.125: 47.2 / 48.3 / 48.9 /
+# 49.0 / 49.1 (0: the NLL fell without bound, NaN at step 225). At 2400 steps, 0.125
+# against 1: EM 51.8 / 48.3, GNG 49.6 / 48.3, MDN 53.7 / 48.5.
+POOLED_TUNING = dict(pooled_eps_rel=8.0, pooled_shape="covariance", lambda_geo=0.125)
+
+
+def _pooled(c) -> bool:
+    return "pooled_eps_rel" in c.method
+
+
+def set_method(c: ml_collections.ConfigDict, method: str) -> None:
+    """config.method for `method` with the image recipes' settings."""
+    c.method = methods.tuned(method, VISION_TUNING)
+    if _pooled(c):
+        c.method = methods.tuned(method, {**VISION_TUNING, **POOLED_TUNING})
 
 
 def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
@@ -86,10 +90,11 @@ def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
 
     VICReg's recipe regularises the covariance of a wide expander (Bardes et al. use 8192;
     the common CIFAR recipes 2048): with the 64-D embeddings of cifar10_small it reached
-    kNN 44.4 after 800 steps, with a 1024-wide expander 50.0 (docs/vision_ablations.md). The density methods
+    kNN 44.4 after 800 steps, with a 1024-wide expander 50.0 (docs/vision_ablations.md); every
+    method that declares WIDE_EMBEDDING (Barlow Twins too) gets the expander. The density methods
     keep the recipe's embedding size: their joint covariance is (2E)^2.
     """
-    if c.method.name == "vicreg":
+    if methods.wide_embedding(c.method.name):
         c.model.embed_dim = expander
         c.model.projector_hidden = (expander,)
     # EM, GNG and MDN fit their density to the embeddings' own scale (the pooled ridge), so
@@ -98,7 +103,7 @@ def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
     # (EM 47.2 -> 44.7, MDN 48.5 -> 46.2, GNG 47.6 -> 44.9). A batch-norm output without
     # affine parameters fixes the scale: EM 47.4, MDN 48.5, GNG 47.1 with the isotropic ridge
     # (docs/vision_ablations.md).
-    if c.method.name in ("gmje_em", "gmje_mdn", "gmje_gng"):
+    if _pooled(c):
         c.model.projector_out_norm = True
 
 

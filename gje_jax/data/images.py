@@ -86,8 +86,8 @@ def load_split(d, split: str, process_index: int = 0, process_count: int = 1, pr
 
     Example:
       >>> from gje_jax.data import images
-      >>> from experiments.configs import cifar10_small
-      >>> data = images.load_split(cifar10_small.get_config("gmje").data, "test")   # doctest: +SKIP
+      >>> # d: config.data of an image config (e.g. experiments/configs/cifar10_small.py)
+      >>> data = images.load_split(d, "test")   # doctest: +SKIP
       >>> data["image"].shape, data["label"].shape                                  # doctest: +SKIP
       ((10000, 32, 32, 3), (10000,))
     """

@@ -48,7 +48,7 @@ def views_for(data_config):
 
     Example:
       >>> from gje_jax.data import synthetic
-      >>> from experiments.configs.common import base_config
+      >>> from gje_jax.train.configs import base_config
       >>> views = synthetic.views_for(base_config().data)         # (batch, key) -> (view_a, view_b)
       >>> views({"x": jnp.zeros((2, 32))}, jax.random.key(0))[0].shape
       (2, 32)
@@ -65,7 +65,7 @@ def load(data_config, seed: int) -> dict[str, np.ndarray]:
 
     Example:
       >>> from gje_jax.data import synthetic
-      >>> from experiments.configs.common import base_config
+      >>> from gje_jax.train.configs import base_config
       >>> data = synthetic.load(base_config().data, seed=0)
       >>> data["x"].shape, data["label"].dtype
       ((8192, 32), dtype('int32'))

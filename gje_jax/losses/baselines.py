@@ -1,4 +1,5 @@
-"""Losses of the deterministic baselines (METHOD section 9): VICReg and a JEPA/BYOL predictor."""
+"""Losses of the deterministic baselines (METHOD section 9): VICReg, Barlow Twins and a
+JEPA/BYOL predictor."""
 
 from __future__ import annotations
 
@@ -44,6 +45,37 @@ def vicreg_loss(
     var, cov = 0.5 * (va + vb), ca + cb
     loss = sim_weight * inv + var_weight * var + cov_weight * cov
     return loss, {"loss": loss, "invariance": inv, "variance": var, "covariance": cov}
+
+
+def barlow_twins_loss(
+    a: jax.Array, b: jax.Array, *, lambda_offdiag: float = 5e-3, eps: float = 1e-5
+) -> tuple[jax.Array, dict]:
+    """Barlow Twins (Zbontar et al. 2021): the cross-correlation C of the two views'
+    embeddings, each dimension standardised over the batch, pushed to the identity:
+    sum_i (1 - C_ii)^2 + lambda_offdiag * sum_{i != j} C_ij^2.
+
+    a, b: [N, d] embeddings of two views (N >= 2). eps: added to the batch variance
+    (as the reference's affine-free batch norm does). Returns (loss [], metrics).
+
+    Example:
+      >>> a = jax.random.normal(jax.random.key(0), (256, 8))
+      >>> loss, metrics = gje_jax.losses.barlow_twins_loss(a, a)   # identical views: C_ii = 1
+      >>> round(float(metrics["on_diagonal"]), 4)
+      0.0
+    """
+    a, b = _check_pair(a, b)
+    n, d = a.shape
+
+    def standardise(x):
+        x = x - jnp.mean(x, axis=0)
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=0) + eps)
+
+    c = standardise(a).T @ standardise(b) / n
+    diag = jnp.diagonal(c)
+    on = jnp.sum((1.0 - diag) ** 2)
+    off = jnp.sum(c * c) - jnp.sum(diag * diag)
+    loss = on + lambda_offdiag * off
+    return loss, {"loss": loss, "on_diagonal": on, "off_diagonal": off}
 
 
 def predictor_loss(pred: jax.Array, target: jax.Array, *, kind: str = "cosine") -> tuple[jax.Array, dict]:

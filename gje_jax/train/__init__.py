@@ -1,18 +1,22 @@
-"""Training: TrainState, the pure train step, the method registry, checkpoints, the driver."""
+"""Training: configs, TrainState, the pure train step, checkpoints, the driver.
 
-from gje_jax.train.methods import METHODS, Embeddings, Method, get_method
+The method registry is gje_jax.methods.
+"""
+
+from gje_jax.methods import Embeddings, Method
+from gje_jax.train.configs import base_config, smoke_config
 from gje_jax.train.records import Run, load_run
 from gje_jax.train.state import TrainState, create_state, make_optimizer, train_step
 
 __all__ = [
-    "METHODS",
     "Embeddings",
     "Method",
     "Run",
     "TrainState",
+    "base_config",
     "create_state",
-    "get_method",
     "load_run",
     "make_optimizer",
+    "smoke_config",
     "train_step",
 ]

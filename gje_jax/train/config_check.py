@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from gje_jax.data.augment import RECIPES
-from gje_jax.gaussian import POOLED_SHAPES
-from gje_jax.losses.gaussian import ESTIMATORS
-from gje_jax.losses.mixture import OBJECTIVES
-from gje_jax.models.heads import COVARIANCES
-from gje_jax.resampling import SCHEMES
-from gje_jax.train.methods import METHODS
+import math
 
-_CHOICES = {
-    "method.mdn_covariance": COVARIANCES,
-    "method.gng_covariance": ("node", "isotropic"),
-    "method.resampling": tuple(sorted(SCHEMES)),
-    "method.bank_kernel": ("shared", "isotropic"),
-    "method.bank_loss": ("nll", "contrastive", "both"),
-    "method.pooled_shape": POOLED_SHAPES,
-    "method.predictor_norm": ("ln", "bn", "none"),
-}
+from gje_jax import methods
+from gje_jax.data.augment import RECIPES
+from gje_jax.models import resolve_model
+from gje_jax.settings import resolve
+from gje_jax.train import configs
+from gje_jax.train.optim import resolve_optim
 
 
 def _get(cfg, path: str):
@@ -30,7 +21,7 @@ def _get(cfg, path: str):
 def _positive(cfg, path: str, integer: bool = False, allow_zero: bool = False):
     val = _get(cfg, path)
     ok = isinstance(val, int) if integer else isinstance(val, (int, float))
-    if not ok or isinstance(val, bool) or (val < 0 if allow_zero else val <= 0):
+    if not ok or isinstance(val, bool) or not math.isfinite(val) or (val < 0 if allow_zero else val <= 0):
         kind = "integer" if integer else "number"
         raise ValueError(f"config.{path} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {val!r}.")
 
@@ -40,6 +31,7 @@ def _validate_data(config) -> None:
     if d.name == "clustered":
         for path in ("data.num_examples", "data.dim", "data.num_clusters"):
             _positive(config, path, integer=True)
+        _positive(config, "data.noise", allow_zero=True)
         if config.batch_size > d.num_examples:
             raise ValueError(
                 f"config.batch_size={config.batch_size} exceeds config.data.num_examples={d.num_examples}."
@@ -64,83 +56,33 @@ def _validate_data(config) -> None:
 
 
 def validate(config, num_devices: int = 1) -> None:
-    m = config.method
-    if not isinstance(config.get("debug", False), bool):
-        raise ValueError(f"config.debug must be True or False, got {config.debug!r}.")
-    rfs = config.get("resume_from_step", -1)
-    if isinstance(rfs, bool) or not isinstance(rfs, int) or rfs < -1:
-        raise ValueError(f"config.resume_from_step must be -1 (the latest checkpoint) or a step >= 0, got {rfs!r}.")
-    if m.name not in METHODS:
-        raise ValueError(f"config.method.name={m.name!r} is unknown; valid methods: {sorted(METHODS)}.")
-    if m.estimator not in ESTIMATORS:
-        raise ValueError(f"config.method.estimator={m.estimator!r} is unknown; valid: {list(ESTIMATORS)}.")
-    if m.objective not in OBJECTIVES:
-        raise ValueError(f"config.method.objective={m.objective!r} is unknown; valid: {list(OBJECTIVES)}.")
-    if m.predictor_loss not in ("mse", "cosine"):
-        raise ValueError(f"config.method.predictor_loss={m.predictor_loss!r} is unknown; valid: ['cosine', 'mse'].")
-    for path, valid in _CHOICES.items():
-        val = _get(config, path)
-        if val not in valid:
-            raise ValueError(f"config.{path}={val!r} is unknown; valid: {list(valid)}.")
-    for path in (
-        "method.gng_capacity",
-        "method.gng_max_age",
-        "method.gng_insert_every",
-        "method.bank_size",
-        "batch_size",
-        "num_steps",
-        "log_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "method.num_components",
-    ):
-        _positive(config, path, integer=True)
-    for path in ("optim.lr", "method.tau", "method.floor", "method.bank_bandwidth"):
-        _positive(config, path)
-    for path in (
-        "method.lambda_geo",
-        "method.lambda_bal",
-        "method.eps_rel",
-        "method.eps_abs",
-        "optim.weight_decay",
-        "optim.grad_clip",
-        "method.dead_threshold",
-        "method.rejuvenation",
-        "method.age_penalty",
-        "method.pooled_eps_rel",
-    ):
-        _positive(config, path, allow_zero=True)
-    for path in ("method.momentum", "method.target_momentum", "method.em_momentum"):
-        val = _get(config, path)
-        if not 0.0 <= val < 1.0:
-            raise ValueError(f"config.{path} must be in [0, 1), got {val!r}.")
-    for path in (
-        "method.gng_eps_b",
-        "method.gng_eps_n",
-        "method.gng_alpha",
-        "method.gng_decay",
-        "method.bank_tempering",
-    ):
-        val = _get(config, path)
-        if not 0.0 <= val <= 1.0:
-            raise ValueError(f"config.{path} must be in [0, 1], got {val!r}.")
-    if not 0.0 < m.ess_threshold <= 1.0:
-        raise ValueError(f"config.method.ess_threshold must be in (0, 1], got {m.ess_threshold!r}.")
-    if m.name == "gmje_smc" and m.bank_size < config.batch_size:
-        raise ValueError(
-            f"config.method.bank_size={m.bank_size} is smaller than config.batch_size={config.batch_size}: "
-            "the SMC bank must hold at least one batch (each step inserts the whole batch)."
-        )
-    if m.name == "gmje_gng" and m.gng_capacity < 2:
-        raise ValueError(f"config.method.gng_capacity must be >= 2, got {m.gng_capacity}.")
+    """Checks a train config before anything is compiled; messages name the field.
+
+    Every section holds only settings its component reads (the method's, the encoder's,
+    the optimiser's), each typed, in range and finite; see gje_jax.settings.
+
+    Example:
+      >>> from gje_jax.train import config_check
+      >>> from gje_jax.train.configs import smoke_config
+      >>> c = smoke_config("gje").unlock(); c.optim.warmup_steps = -1
+      >>> try:
+      ...     config_check.validate(c)
+      ... except ValueError as e:
+      ...     print(e)
+      config.optim.warmup_steps must be in [0, inf), got -1.
+    """
+    known = set(configs.SETTINGS) | set(configs.SECTIONS) | {"eval"}
+    unknown = sorted(k for k in config.keys() if k not in known)
+    if unknown:
+        raise ValueError(f"config.{unknown[0]} is not a setting of a train config; valid: {sorted(known)}.")
+    top = {k: config[k] for k in configs.SETTINGS if k in config}
+    resolve(top, configs.SETTINGS, "config", reserved=(), owner="a train config")
+    methods.resolve(config.method, config)
+    resolve_model(config.model)
+    resolve_optim(config.optim)
     if config.batch_size % num_devices:
         raise ValueError(
             f"config.batch_size={config.batch_size} must be divisible by the number of devices "
             f"({num_devices}) for data parallelism."
         )
     _validate_data(config)
-    if m.name == "gje" and m.estimator == "batch" and m.eps_rel == 0 and m.eps_abs == 0:
-        raise ValueError(
-            "config.method.eps_rel and eps_abs are both 0: the batch covariance cannot be factorised "
-            "safely; set eps_abs > 0."
-        )

@@ -15,11 +15,11 @@ from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gje_jax import methods
 from gje_jax.data import ArraySource, augment, batch_indices, images, local_slice, synthetic
 from gje_jax.models import build_network
 from gje_jax.train import checkpoint, config_check, records
 from gje_jax.train import workdir as workdir_lib
-from gje_jax.train.methods import get_method
 from gje_jax.train.state import (
     create_state,
     guarded_paths,
@@ -29,20 +29,9 @@ from gje_jax.train.state import (
     with_probe_optimizer,
 )
 
-# Fields whose change makes an existing workdir's checkpoints unusable.
-_IDENTITY_FIELDS = (
-    "method.name",
-    "method.estimator",
-    "method.num_components",
-    "method.mdn_covariance",
-    "method.predictor_norm",
-    "method.gng_capacity",
-    "method.gng_covariance",
-    "method.bank_size",
-    "model",
-    "data.name",
-    "data.dim",
-)
+# Fields whose change makes an existing workdir's checkpoints unusable (besides the
+# method's own, methods.identity_fields).
+_IDENTITY_FIELDS = ("model", "data.name", "data.dim")
 
 
 def maybe_initialize_distributed(d) -> None:
@@ -51,7 +40,7 @@ def maybe_initialize_distributed(d) -> None:
 
     Example:
       >>> from gje_jax.train import loop
-      >>> from experiments.configs.common import base_config
+      >>> from gje_jax.train.configs import base_config
       >>> loop.maybe_initialize_distributed(base_config().distributed)   # single host: nothing to do
       >>> jax.process_count()
       1
@@ -118,9 +107,9 @@ def global_batch(source: ArraySource, config, step: int, sharding: NamedSharding
     within that share; otherwise every process indexes the same global permutation.
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> state, step_fn, source, sharding = loop.setup(config)
       >>> batch = loop.global_batch(source, config, step=0, sharding=sharding)
       >>> batch["x"].shape == (config.batch_size, config.data.dim)
@@ -142,9 +131,9 @@ def load_data(config):
     TFDS (gje_jax.data.images), this process's share only.
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> source, views_fn, num_classes = loop.load_data(synthetic_views.get_config("runlocal"))
+      >>> source, views_fn, num_classes = loop.load_data(smoke_config())
       >>> source.arrays["x"].shape, num_classes
       ((512, 8), 0)
     """
@@ -169,9 +158,9 @@ def setup(config, mesh: Mesh | None = None, data=None):
     data: the result of load_data(config), when the caller already has it.
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> state, step_fn, source, sharding = loop.setup(config)
       >>> int(state.step), config.batch_size % sharding.mesh.size   # the batch splits over the devices
       (0, 0)
@@ -181,7 +170,7 @@ def setup(config, mesh: Mesh | None = None, data=None):
     source, views_fn, num_classes = data if data is not None else load_data(config)
     data = source.arrays
     network = build_network(config.model)
-    method = get_method(config.method)
+    method = methods.build(config.method, config)
     tx = make_optimizer(config.optim, config.num_steps)
     if num_classes:
         tx = with_probe_optimizer(tx, config.data.probe_lr)
@@ -199,7 +188,6 @@ def setup(config, mesh: Mesh | None = None, data=None):
         train_step,
         method=method,
         views_fn=views_fn,
-        target_momentum=config.method.target_momentum,
         debug=bool(config.get("debug", False)),
     )
     out_shardings, donate = (replicated, replicated), (0,)
@@ -223,9 +211,9 @@ def run_step(config, step_fn, state, batch, key):
     FloatingPointError naming the step, the method and the first non-finite tensor.
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> state, step_fn, source, sharding = loop.setup(config)
       >>> state, metrics = loop.run_step(config, step_fn, state, loop.global_batch(source, config, 0, sharding), jax.random.key(0))
       >>> int(state.step)
@@ -252,14 +240,15 @@ def _check_workdir_config(config, workdir: str, old: dict | None) -> None:
             )
         return
     new = json.loads(config.to_json())
-    for field in _IDENTITY_FIELDS:
+    for field in methods.identity_fields(config.method.name) + _IDENTITY_FIELDS:
         try:
             a, b = _select(old, field), _select(new, field)
         except (KeyError, TypeError):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            # A field added after the old run was written defaults to the old behaviour.
-            b = {k: v for k, v in b.items() if k in a}
+            # A field added after the old run was written defaults to the old behaviour; one
+            # the old (wider) section held and this one does not have had no effect there.
+            a, b = {k: v for k, v in a.items() if k in b}, {k: v for k, v in b.items() if k in a}
         if a != b:
             raise checkpoint.CheckpointError(
                 f"{workdir} holds a run with config.{field}={a!r}, this config has {b!r}. Its checkpoints cannot "
@@ -393,9 +382,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
 
     Example:
       >>> import tempfile
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> workdir = tempfile.mkdtemp()
       >>> state, last = loop.train_and_evaluate(config, workdir, progress=False, stop_after=10)
       >>> int(state.step), sorted(__import__("os").listdir(workdir))[:2]

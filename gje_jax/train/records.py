@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
+from gje_jax import methods
+
 RECORDS_NAME = "runs.jsonl"
 
 # The distributions whose versions can change a result (others are recorded if installed).
@@ -174,9 +176,9 @@ def load_run(workdir: str, step: int | None = None, *, data=None) -> Run:
 
     Example:
       >>> import tempfile
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop, records
-      >>> config = synthetic_views.get_config("runlocal"); config.method.name = "gmje"
+      >>> config = smoke_config("gmje")
       >>> workdir = tempfile.mkdtemp()
       >>> _ = loop.train_and_evaluate(config, workdir, progress=False, stop_after=4)
       >>> run = records.load_run(workdir)
@@ -200,6 +202,6 @@ def load_run(workdir: str, step: int | None = None, *, data=None) -> Run:
         state = checkpoint.restore_or_keep(mngr, state, step=step)
     finally:
         mngr.close()
-    method = loop.get_method(config.method)
-    density = method.density(state.params["method"], state.method_state)
+    method = methods.build(config.method, config)
+    density = method.density(state.params["method"], state.method_state) if method.density else None
     return Run(config, state, method, density, read_run_records(workdir))

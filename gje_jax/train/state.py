@@ -15,7 +15,8 @@ from flax.training import train_state
 from jax.experimental import checkify
 
 from gje_jax import _validation
-from gje_jax.train.methods import Embeddings, Method, ema_update
+from gje_jax.methods import Embeddings, Method, ema_update
+from gje_jax.train.optim import make_optimizer, make_schedule, with_probe_optimizer  # noqa: F401 (re-exported)
 
 
 class TrainState(train_state.TrainState):
@@ -24,9 +25,9 @@ class TrainState(train_state.TrainState):
     later the GNG graph and the SMC bank). All of it is checkpointed.
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> state, step_fn, source, sharding = loop.setup(config)
       >>> sorted(state.params), int(state.step)                   # encoder, method params; step count
       (['encoder', 'method'], 0)
@@ -54,71 +55,6 @@ class TrainState(train_state.TrainState):
         return self.replace(**fields, diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1))
 
 
-def make_schedule(o, num_steps: int) -> optax.Schedule:
-    """The learning rate of update number `count` (0-based): linear warm-up from 0 over
-    o.warmup_steps, then cosine decay to 0 at num_steps or constant.
-
-    Example:
-      >>> from gje_jax.train.state import make_schedule
-      >>> from experiments.configs.common import base_config
-      >>> o = base_config().optim; o.warmup_steps = 10; o.schedule = "constant"
-      >>> [round(float(make_schedule(o, 100)(n)), 6) for n in (0, 5, 50)]
-      [0.0, 0.0005, 0.001]
-    """
-    warmup = min(o.warmup_steps, max(num_steps - 1, 0))
-    if o.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1))
-    if o.schedule == "constant":
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, o.lr, max(warmup, 1)), optax.constant_schedule(o.lr)], [max(warmup, 1)]
-        )
-    raise ValueError(f"config.optim.schedule={o.schedule!r} is unknown; valid: ['constant', 'cosine'].")
-
-
-def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
-    """o: config.optim (name adamw|lars|sgd, lr, weight_decay, warmup_steps, schedule
-    cosine|constant, grad_clip, momentum).
-
-    Example:
-      >>> from gje_jax.train.state import make_optimizer
-      >>> from experiments.configs.common import base_config
-      >>> tx = make_optimizer(base_config().optim, num_steps=100)   # an optax GradientTransformation
-      >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}), {"w": jnp.zeros(2)})
-      >>> updates["w"].shape
-      (2,)
-    """
-    lr = make_schedule(o, num_steps)
-    if o.name == "adamw":
-        opt = optax.adamw(lr, weight_decay=o.weight_decay)
-    elif o.name == "lars":
-        opt = optax.lars(lr, weight_decay=o.weight_decay, momentum=o.momentum)
-    elif o.name == "sgd":
-        opt = optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(lr, momentum=o.momentum))
-    else:
-        raise ValueError(f"config.optim.name={o.name!r} is unknown; valid: ['adamw', 'lars', 'sgd'].")
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip), opt) if o.grad_clip else opt
-
-
-def with_probe_optimizer(tx: optax.GradientTransformation, probe_lr: float) -> optax.GradientTransformation:
-    """tx for everything but params['probe'], which gets its own Adam (so the probe's
-    gradients never enter the method's clipping or schedule).
-
-    Example:
-      >>> import optax
-      >>> from gje_jax.train.state import with_probe_optimizer
-      >>> tx = with_probe_optimizer(optax.sgd(0.0), probe_lr=0.1)  # the method's lr is 0; the probe's is not
-      >>> params = {"encoder": jnp.ones(2), "probe": jnp.ones(2)}
-      >>> updates, _ = tx.update({"encoder": jnp.ones(2), "probe": jnp.ones(2)}, tx.init(params), params)
-      >>> abs(float(updates["encoder"][0])), float(updates["probe"][0]) < 0
-      (0.0, True)
-    """
-
-    def labels(params):
-        return {k: jax.tree.map(lambda _, k=k: "probe" if k == "probe" else "ssl", v) for k, v in params.items()}
-
-    return optax.multi_transform({"ssl": tx, "probe": optax.adam(probe_lr)}, labels)
-
-
 def create_state(
     key: jax.Array,
     network: nn.Module,
@@ -136,10 +72,8 @@ def create_state(
       >>> import optax
       >>> from gje_jax.models import MLP, Network
       >>> from gje_jax.train.state import create_state
-      >>> from gje_jax.train.methods import get_method
-      >>> from experiments.configs.common import base_config
-      >>> m = base_config().method; m.name = "gje"
-      >>> state = create_state(jax.random.key(0), Network(MLP(hidden=(16,), out_dim=4)), get_method(m),
+      >>> from gje_jax import methods
+      >>> state = create_state(jax.random.key(0), Network(MLP(hidden=(16,), out_dim=4)), methods.build({"name": "gje"}),
       ...                      jnp.zeros((2, 6)), optax.adam(1e-3))
       >>> state.params["encoder"]["backbone"]["out"]["kernel"].shape
       (16, 4)
@@ -191,16 +125,16 @@ def loss_and_updates(
     loss; its input is stop-gradient, so it trains only the probe.
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> state, step_fn, source, sharding = loop.setup(config)
-      >>> from gje_jax.train.methods import get_method
+      >>> from gje_jax import methods
       >>> from gje_jax.train.state import loss_and_updates
       >>> a = b = jnp.zeros((8, config.data.dim))
       >>> f = jax.jit(loss_and_updates, static_argnames="method")
-      >>> loss, (metrics, batch_stats, emb) = f(state.params, state, a, b, method=get_method(config.method))
-      >>> emb.a.shape[0], bool(jnp.isfinite(loss))
+      >>> loss, (metrics, batch_stats, emb) = f(state.params, state, a, b, method=methods.build(config.method))
+      >>> emb.context.shape[0], bool(jnp.isfinite(loss))
       (8, True)
     """
     n = view_a.shape[0]
@@ -271,9 +205,9 @@ def guarded_paths(state: TrainState) -> list[str]:
 
     Example:
       >>> from gje_jax.train.state import guarded_paths
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> state, *_ = loop.setup(synthetic_views.get_config("runlocal"))
+      >>> state, *_ = loop.setup(smoke_config())
       >>> guarded_paths(state)[0], guarded_paths(state)[-1]
       ("['loss']", "['params']['encoder']['backbone']['out']['kernel']")
     """
@@ -288,9 +222,9 @@ def keep_if_finite(old: TrainState, new: TrainState, loss: jax.Array) -> TrainSt
 
     Example:
       >>> from gje_jax.train.state import keep_if_finite
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> old, *_ = loop.setup(synthetic_views.get_config("runlocal"))
+      >>> old, *_ = loop.setup(smoke_config())
       >>> bad = old.replace(step=old.step + 1, params=jax.tree.map(lambda x: x * jnp.nan, old.params))
       >>> kept = keep_if_finite(old, bad, jnp.float32(1.0))
       >>> int(kept.step), int(kept.diverged_at)                 # the old state, flagged at step 1
@@ -313,7 +247,6 @@ def train_step(
     *,
     method: Method,
     views_fn: Callable,
-    target_momentum: float = 0.99,
     debug: bool = False,
     guard: bool = True,
 ) -> tuple[TrainState, dict]:
@@ -331,9 +264,9 @@ def train_step(
     Returns (new state, metrics dict of [] float32).
 
     Example:
-      >>> from experiments.configs import synthetic_views
+      >>> from gje_jax.train.configs import smoke_config
       >>> from gje_jax.train import loop
-      >>> config = synthetic_views.get_config("runlocal")
+      >>> config = smoke_config()
       >>> state, step_fn, source, sharding = loop.setup(config)
       >>> batch = loop.global_batch(source, config, 0, sharding)
       >>> new_state, metrics = step_fn(state, batch, jax.random.key(0))   # jitted functools.partial(train_step, ...)
@@ -361,7 +294,7 @@ def train_step(
     check(method_state, "method_state (after the update)")
     if method.target_network:
         method_state = dict(
-            method_state, target=ema_update(method_state["target"], new_state.params["encoder"], target_momentum)
+            method_state, target=ema_update(method_state["target"], new_state.params["encoder"], method.target_momentum)
         )
     new_state = new_state.replace(method_state=method_state)
     if guard:
@@ -371,6 +304,6 @@ def train_step(
         **update_metrics,
         loss=loss - metrics.get("probe_loss", 0.0),  # the method's loss, without the probe's
         grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
-        embedding_std=jnp.mean(jnp.std(emb.a, axis=0)),
+        embedding_std=jnp.mean(jnp.std(emb.context, axis=0)),
     )
     return new_state, metrics

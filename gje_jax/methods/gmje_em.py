@@ -1,0 +1,67 @@
+"""GMJE by online EM: the prototypes are stop-gradient state fitted by EM on the joint
+embeddings; only the encoder is trained (its loss is the mixture NLL of the batch)."""
+
+from __future__ import annotations
+
+from gje_jax import em
+from gje_jax.methods.base import Method
+from gje_jax.methods.shared import (
+    EM_MOMENTUM,
+    NUM_COMPONENTS,
+    OBJECTIVE,
+    POOLED_EPS_REL,
+    POOLED_SHAPE,
+    geometry_settings,
+    mixture_loss,
+)
+from gje_jax.settings import nonnegative
+
+TITLE = "GMJE online EM"
+SETTINGS = {
+    "num_components": NUM_COMPONENTS,
+    "objective": OBJECTIVE,
+    **geometry_settings(),
+    "em_momentum": EM_MOMENTUM,
+    "dead_threshold": nonnegative(0.0, "weight below which a component is re-seeded; 0 = 1 / (10 K)"),
+    "pooled_eps_rel": POOLED_EPS_REL,
+    "pooled_shape": POOLED_SHAPE,
+}
+SMOKE = {"num_components": 3}
+IDENTITY = ("num_components",)
+
+
+def build(s) -> Method:
+    """The online-EM GMJE Method for settings s (see SETTINGS).
+
+    Example:
+      >>> from gje_jax import methods
+      >>> method = methods.build(methods.default_settings("gmje_em", num_components=2))
+      >>> params, state = method.init(jax.random.key(0), 2, 2)
+      >>> params, method.density(params, state).num_components    # no gradient parameters
+      ({}, 2)
+    """
+
+    def init(key, dc, dt):
+        return {}, {"em": em.EMState.create(key, s.num_components, dc + dt)}
+
+    def density(params, state):
+        return state["em"].mixture()
+
+    def update(state, emb, online, key):
+        new, metrics = em.update(
+            state["em"],
+            emb.joint(),
+            key,
+            momentum=s.em_momentum,
+            dead_threshold=s.dead_threshold or None,
+            eps_rel=s.eps_rel,
+            eps_abs=s.eps_abs,
+            pooled_eps_rel=s.pooled_eps_rel,
+            pooled_shape=s.pooled_shape,
+        )
+        return {"em": new}, metrics
+
+    def loss(params, state, emb):
+        return mixture_loss(s, emb, density(params, state))
+
+    return Method("gmje_em", init, loss, update, density=density)

@@ -1,0 +1,170 @@
+"""GMJE with an SMC memory bank: the batch is scored against a weighted bank of past joint
+embeddings (a kernel mixture), which is reweighted, resampled and refreshed every step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gje_jax import gaussian, losses, smc
+from gje_jax.methods.base import Method
+from gje_jax.methods.shared import MOMENTUM, geometry_settings, target_geometry
+from gje_jax.mixture import GaussianMixture
+from gje_jax.resampling import SCHEMES
+from gje_jax.settings import choice, fraction, integer, nonnegative, positive
+
+TITLE = "GMJE SMC bank"
+_NLL = ("nll", "both")
+SETTINGS = {
+    "bank_size": integer(4096, "particles in the bank (at least one batch)"),
+    "ess_threshold": fraction(0.5, "resample when ESS < ess_threshold x bank_size", low_open=True, high_open=False),
+    "resampling": choice("systematic", "resampling scheme", tuple(sorted(SCHEMES))),
+    "rejuvenation": nonnegative(0.0, "jitter of resampled particles, in kernel standard deviations"),
+    "age_penalty": nonnegative(0.0, "log-weight lost per step of age"),
+    "bank_tempering": fraction(1.0, "reweight by KDE^bank_tempering (tempered SMC; 1 = plain)", high_open=False),
+    "bank_kernel": choice("shared", "kernel: shared (EMA covariance x Silverman) | isotropic", ("shared", "isotropic")),
+    "bank_bandwidth": positive(0.1, "h of the isotropic kernel").only_when(
+        lambda s: s.bank_kernel == "isotropic", "bank_kernel='isotropic'"
+    ),
+    "bank_loss": choice("nll", "the batch's score: nll | contrastive | both", ("nll", "contrastive", "both")),
+    "tau": positive(0.1, "temperature of the contrastive score").only_when(
+        lambda s: s.bank_loss != "nll", "bank_loss='contrastive' or 'both'"
+    ),
+    **geometry_settings(
+        lambda_geo=geometry_settings()["lambda_geo"].only_when(
+            lambda s: s.bank_loss in _NLL, "bank_loss='nll' or 'both'"
+        )
+    ),
+    "momentum": MOMENTUM.only_when(lambda s: s.bank_kernel == "shared", "bank_kernel='shared' (its EMA covariance)"),
+}
+SMOKE = {"bank_size": 256}
+IDENTITY = ("bank_size",)
+
+
+def check(s, config) -> None:
+    """Refuses a bank smaller than one batch (each step inserts the whole batch).
+
+    Example:
+      >>> from gje_jax import methods
+      >>> from gje_jax.methods.gmje_smc import check
+      >>> from gje_jax.train.configs import smoke_config
+      >>> try:
+      ...     check(methods.default_settings("gmje_smc", bank_size=8), smoke_config("gmje_smc"))
+      ... except ValueError as e:
+      ...     print(str(e).split(":")[0])
+      config.method.bank_size=8 is smaller than config.batch_size=64
+    """
+    if s.bank_size < config.batch_size:
+        raise ValueError(
+            f"config.method.bank_size={s.bank_size} is smaller than config.batch_size={config.batch_size}: "
+            "the SMC bank must hold at least one batch (each step inserts the whole batch)."
+        )
+
+
+def kernel_scale_tril(s, state) -> jax.Array:
+    """Cholesky factor of the bank's kernel covariance H [D, D].
+
+    Example:
+      >>> from gje_jax import methods
+      >>> from gje_jax.methods.gmje_smc import kernel_scale_tril
+      >>> s = methods.default_settings("gmje_smc", bank_size=8, bank_kernel="isotropic")
+      >>> _, state = methods.build(s).init(jax.random.key(0), 1, 1)
+      >>> np.asarray(kernel_scale_tril(s, state), float).round(3).tolist()   # h I
+      [[0.1, 0.0], [0.0, 0.1]]
+    """
+    bank: smc.ParticleBank = state["bank"]
+    if s.bank_kernel == "isotropic":
+        return s.bank_bandwidth * jnp.eye(bank.dim)
+    return smc.kernel_scale_tril(state["stats"].cov, bank.capacity, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
+
+
+def bank_loss(s, state, emb):
+    """The batch scored against the (stop-gradient) bank -> (loss, metrics).
+
+    'nll': -mean log p(t | c) under the bank's kernel mixture, with the target geometry
+    term; 'contrastive': GMJE's contrastive score with the bank's targets as extra
+    candidates weighted by the bank; 'both' adds them. An empty bank scores nothing.
+
+    Example:
+      >>> from gje_jax import methods
+      >>> from gje_jax.methods.gmje_smc import bank_loss
+      >>> s = methods.default_settings("gmje_smc", bank_size=8)
+      >>> _, state = methods.build(s).init(jax.random.key(0), 1, 1)
+      >>> loss, metrics = bank_loss(s, state, methods.Embeddings(jnp.ones((4, 1)), jnp.ones((4, 1))))
+      >>> float(metrics["nll"])                                     # the first step: an empty bank
+      0.0
+    """
+    bank: smc.ParticleBank = jax.lax.stop_gradient(state["bank"])
+    chol = jax.lax.stop_gradient(kernel_scale_tril(s, state))
+    have = bank.size() > 0
+    # An empty bank (the first step) scores nothing: uniform placeholder weights keep every
+    # intermediate finite, and the mask removes the term.
+    lw = jnp.where(have, bank.log_weights, 0.0)
+    zero = jnp.zeros((), emb.context.dtype)
+    nll = contrastive = zero
+    if s.bank_loss in _NLL:
+        lp = smc.kernel_conditional_log_prob(emb.context, emb.target, bank.particles, lw, chol)
+        nll = jnp.where(have, -jnp.mean(lp), 0.0)
+    if s.bank_loss in ("contrastive", "both"):
+        dc = emb.context.shape[1]
+        # Bank weights as priors, rescaled so a uniform bank matches the batch candidates.
+        prior = jnp.where(bank.filled, lw - jax.nn.logsumexp(lw) + jnp.log(jnp.maximum(bank.size(), 1)), -jnp.inf)
+        contrastive, _ = losses.gmje_contrastive(
+            emb.context, emb.target, tau=s.tau, extra_targets=bank.particles[:, dc:], extra_log_weights=prior
+        )
+    # The normalised contrastive term is scale-invariant on its own; the kernel NLL is a
+    # conditional NLL, paired with the target-block geometry term.
+    geo_weight = s.lambda_geo if s.bank_loss in _NLL else 0.0
+    geo = target_geometry(s, emb.target, geo_weight)
+    loss = nll + contrastive - geo_weight * geo
+    return loss, {"loss": loss, "nll": nll, "contrastive": contrastive, "geometry": geo}
+
+
+def build(s) -> Method:
+    """The SMC-bank GMJE Method for settings s (see SETTINGS).
+
+    Example:
+      >>> from gje_jax import methods
+      >>> method = methods.build(methods.default_settings("gmje_smc", bank_size=8))
+      >>> params, state = method.init(jax.random.key(0), 1, 1)
+      >>> int(state["bank"].size()), method.density(params, state).num_components
+      (0, 8)
+    """
+
+    def init(key, dc, dt):
+        d = dc + dt
+        return {}, {"bank": smc.ParticleBank.empty(s.bank_size, d), "stats": gaussian.GaussianStats.zeros(d)}
+
+    def update(state, emb, online, key):
+        z = emb.joint()
+        stats = state["stats"].update(z, s.momentum)
+        bank, metrics = smc.update(
+            state["bank"],
+            z,
+            key,
+            kernel_scale_tril(s, {"bank": state["bank"], "stats": stats}),
+            scheme=s.resampling,
+            ess_threshold=s.ess_threshold,
+            age_penalty=s.age_penalty,
+            rejuvenation=s.rejuvenation,
+            tempering=s.bank_tempering,
+        )
+        return {"bank": bank, "stats": stats}, metrics
+
+    def density(params, state):
+        # The kernel mixture as a GaussianMixture with one shared factor (M components).
+        # This broadcasts the factor to [M, D, D]: meant for inspection of small banks
+        # (the loss never builds it; `sampler` draws without it).
+        bank = state["bank"]
+        chol = kernel_scale_tril(s, state)
+        return GaussianMixture(bank.log_weights, bank.particles, jnp.broadcast_to(chol, (bank.capacity,) + chol.shape))
+
+    def sampler(params, state, key, n, e):
+        # One shared kernel factor: draw particles, add L eps (no per-particle factors).
+        bank = state["bank"]
+        chol = kernel_scale_tril(s, state)[:e, :e]
+        k1, k2 = jax.random.split(key)
+        idx = jax.random.categorical(k1, bank.log_weights, shape=(n,))
+        return bank.particles[idx, :e] + jax.random.normal(k2, (n, e)) @ chol.T
+
+    return Method("gmje_smc", init, lambda p, st, emb: bank_loss(s, st, emb), update, density=density, sampler=sampler)
