@@ -46,7 +46,11 @@ setup(
     description="Gaussian Joint Embeddings (GJE) and Gaussian Mixture Joint Embeddings (GMJE) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["gje_jax", "gje_jax.*", "experiments", "experiments.*"]),
+    # The experiments/ folder installs as `gje_experiments` (a generic top-level name like
+    # `experiments` would shadow a user's own package).
+    packages=find_packages(include=["gje_jax", "gje_jax.*"])
+    + ["gje_experiments", "gje_experiments.configs", "gje_experiments.benchmarks"],
+    package_dir={"gje_experiments": "experiments"},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
@@ -55,7 +59,7 @@ setup(
         "benchmarks": BENCHMARKS,
         "all": sorted(set(TEST + BENCHMARKS)),
     },
-    entry_points={"console_scripts": ["gje-train=experiments.main:run"]},
+    entry_points={"console_scripts": ["gje-train=gje_experiments.main:run"]},
     license="Apache-2.0",
     license_files=["LICENSE"],
 )

@@ -30,6 +30,7 @@ from gje_jax.data import synthetic
 from gje_jax.methods import Embeddings
 from gje_jax.mixture import ConditionalMixture
 from gje_jax.models import MLP
+from gje_jax.train import records
 
 # (row label, registry name, method settings): the experiment's choice of variants. A name
 # of None is the deterministic MSE baseline trained here; every other row trains its
@@ -281,7 +282,7 @@ def write_tables(results: list[dict], workdir: str, command: str) -> tuple[str, 
         w.writerows(results)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
     with open(md_path, "w") as f:
-        f.write(f"Produced by `{command}`.\n\n")
+        f.write(f"Produced by `{command}`. {records.provenance()}\n\n")
         f.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
         for r in results:
             f.write("| " + " | ".join(fmt(r.get(k, "")) for k in COLUMNS) + " |\n")

@@ -48,6 +48,7 @@ MODULES = (
     "gje_jax.train.state",
     "gje_jax.train.loop",
     "gje_jax.train.checkpoint",
+    "gje_jax.train.divergence",
     "gje_jax.train.records",
 )
 
@@ -72,7 +73,10 @@ def _signature(obj) -> str:
     # Flax modules: leave out the framework's own fields; no object addresses (unstable).
     flax_module = inspect.isclass(obj) and "parent" in sig.parameters
     params = [p for name, p in sig.parameters.items() if not (flax_module and name in ("parent", "name"))]
-    return re.sub(r" at 0x[0-9a-f]+", "", str(sig.replace(parameters=params)))
+    text = re.sub(r" at 0x[0-9a-f]+", "", str(sig.replace(parameters=params)))
+    # jax's array type prints by its private module on newer jaxlibs (jax.jaxlib._jax.Array on
+    # 0.12, jax.Array on 0.10): one spelling, so API.md is the same on every supported version.
+    return re.sub(r"\bjax\.jaxlib\._jax\.Array\b|\bjaxlib\.xla_extension\.ArrayImpl\b", "jax.Array", text)
 
 
 def _fence_examples(doc: str) -> str:

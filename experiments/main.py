@@ -2,6 +2,11 @@ r"""The one entry point.
 
   python -m experiments.main                                   # the default job (below)
   python -m experiments.main --config=experiments/configs/NAME.py --workdir=DIR [--config.x.y=v]
+  gje-train --config=NAME[:ARG] --workdir=DIR                  # installed: a config by name
+
+`--config=NAME` (no '/', no '.py') names a config of this package's configs/ folder, so an
+installed package (importable as `gje_experiments`; `experiments` in a source checkout)
+runs from any directory.
 
 With no flags it runs the synthetic multi-modal alignment comparison on `two_branch`
 (every method, ~2 minutes on 2 CPU cores) into runs/alignment. A config whose
@@ -13,11 +18,12 @@ from the latest checkpoint. Ctrl-C / SIGTERM save at the next step and exit clea
 
 from __future__ import annotations
 
-from experiments import threads
+from . import threads
 
 threads.default_openblas_threads()  # before numpy, scipy and jax load
 
 import logging as logging_std  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 
@@ -33,10 +39,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
-    command = " ".join(["python -m experiments.main"] + sys.argv[1:])
+    command = " ".join([f"python -m {__package__ or 'experiments'}.main"] + (_AS_TYPED or sys.argv)[1:])
     if config is None:
-        from experiments import alignment
-        from experiments.configs import alignment as alignment_config
+        from . import alignment
+        from .configs import alignment as alignment_config
 
         alignment.run(alignment_config.get_config(), _WORKDIR.value or "runs/alignment", command=command)
         return
@@ -44,19 +50,19 @@ def main(argv):
         raise app.UsageError("--workdir is required with --config.")
     kind = config.get("experiment", "train")
     if kind == "alignment":
-        from experiments import alignment
+        from . import alignment
 
         alignment.run(config, _WORKDIR.value, command=command)
     elif kind == "trap":
-        from experiments import trap
+        from . import trap
 
         trap.run(config, _WORKDIR.value, command=command)
     elif kind == "sampling":
-        from experiments import sampling
+        from . import sampling
 
         sampling.run(config, _WORKDIR.value, command=command)
     elif kind == "stability":
-        from experiments import stability
+        from . import stability
 
         stability.run(config, _WORKDIR.value, command=command)
     else:
@@ -151,8 +157,39 @@ class _MainThreadStderr:
         return getattr(self._stream, name)
 
 
+_AS_TYPED: list[str] = []  # the command line before config names were resolved (for records)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_path(value: str) -> str:
+    """--config's value with a bare NAME[:ARG] resolved to this package's configs/NAME.py."""
+    name, sep, arg = value.partition(":")
+    if "/" in name or os.sep in name or name.endswith(".py") or not name:
+        return value
+    path = os.path.join(CONFIG_DIR, f"{name}.py")
+    if not os.path.exists(path):
+        known = sorted(
+            f[:-3]
+            for f in os.listdir(CONFIG_DIR)
+            if f.endswith(".py") and "def get_config" in open(os.path.join(CONFIG_DIR, f)).read()
+        )
+        sys.exit(f"error: --config={value}: no config named {name!r}; known: {known} (or pass a file path).")
+    return path + sep + arg
+
+
+def _resolve_config_names(argv: list[str]) -> list[str]:
+    out = []
+    for a in argv:
+        if a.startswith("--config="):
+            a = "--config=" + config_path(a[len("--config=") :])
+        out.append(a)
+    return out
+
+
 def run():
     """Console-script entry point (`gje-train`)."""
+    _AS_TYPED[:] = sys.argv
+    sys.argv[:] = _resolve_config_names(sys.argv)
     app.run(_main_with_clear_errors, argv=sys.argv)
 
 

@@ -20,7 +20,7 @@ Writes OUT.md and OUT.csv (default WORKDIR/vision) and WORKDIR/METHOD/eval.json.
 
 from __future__ import annotations
 
-from experiments import threads
+from . import threads
 
 threads.default_openblas_threads()  # before numpy, scipy and jax load
 
@@ -40,7 +40,7 @@ from ml_collections import config_flags  # noqa: E402
 from gje_jax import evaluation, methods  # noqa: E402
 from gje_jax.data import augment, images  # noqa: E402
 from gje_jax.models import build_network  # noqa: E402
-from gje_jax.train import loop  # noqa: E402
+from gje_jax.train import loop, records  # noqa: E402
 
 _FLAGS = {}
 
@@ -210,7 +210,7 @@ def write_table(rows, config, out: str, command: str) -> str:
         f"Frozen-feature evaluation on {config.data.name} (train {n_train} / test {rows[0].get('n_test', 0)} "
         f"images; kNN T={config.eval.knn_temperature}, linear probe {config.eval.probe_epochs} epochs, final epoch).",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}`. {records.provenance()}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -30,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs.common import with_method
 from gje_jax import fit_gaussian, methods, sampling_metrics
 from gje_jax.data import synthetic
-from gje_jax.train import checkpoint, loop
+from gje_jax.train import checkpoint, loop, records
+
+from .configs.common import with_method
 
 
 def _encoder_fn(state):
@@ -152,8 +153,9 @@ def train_synthetic(config, name: str, progress: bool):
 
 def load_vision(config, name: str):
     """The report_vision run of `name` (trained now if missing) -> (config, state, views_fn, train, test)."""
-    from experiments import report_vision
     from gje_jax.data import images
+
+    from . import report_vision
 
     module = report_vision._load_config_module(config.vision_config)
     c = report_vision.method_config(module, name, config.vision_size)
@@ -224,7 +226,12 @@ def write_tables(rows, workdir: str, command: str) -> None:
         w = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    lines = [f"Produced by `{command}`.", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines = [
+        f"Produced by `{command}`. {records.provenance()}",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
     for r in rows:
         vals = [r["part"], r["method"]] + [
             f"{r[c]:.4g}" if c in ("frechet", "mmd") else f"{r[c]:.3f}" for c in _COLUMNS[2:-1]

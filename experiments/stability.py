@@ -18,9 +18,10 @@ import time
 
 import numpy as np
 
-from experiments.configs.common import with_method
 from gje_jax import methods
-from gje_jax.train import loop
+from gje_jax.train import loop, records
+
+from .configs.common import with_method
 
 # Method diagnostics worth a column, when the method logs them.
 DIAGNOSTICS = ("bank_ess", "gng_nodes", "em_reseeds", "components_used", "effective_rank")
@@ -138,7 +139,7 @@ def _write(results: list[dict], workdir: str, command: str) -> None:
         w.writerows(results)
     main = [k for k in keys if k != "error" and "(last)" not in k]
     lines = [
-        f"Long-run stability, produced by `{command}`.",
+        f"Long-run stability, produced by `{command}`. {records.provenance()}",
         "",
         "| " + " | ".join(main + ["diagnostics (last)", "error"]) + " |",
         "|" + "---|" * (len(main) + 2),

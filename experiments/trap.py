@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from experiments.configs.common import with_method
 from gje_jax import effective_rank, empirical_moments, methods, trace_trap_report
 from gje_jax.data import synthetic
-from gje_jax.train import loop
+from gje_jax.train import loop, records
+
+from .configs.common import with_method
 
 
 def _row_config(config, overrides: dict) -> ml_collections.ConfigDict:
@@ -203,14 +204,15 @@ def write_tables(summary: list[dict], workdir: str, command: str) -> tuple[str, 
         w.writerows(summary)
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
     with open(md_path, "w") as f:
-        f.write(f"Produced by `{command}`.\n\n")
+        f.write(f"Produced by `{command}`. {records.provenance()}\n\n")
         f.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
         for r in summary:
             f.write("| " + " | ".join(fmt(r[k]) for k in COLUMNS) + " |\n")
         f.write(
             "\neffective rank: exp(entropy of the normalised eigenvalues) of one view's embedding covariance on a "
             "fixed held-out batch; std: mean per-dimension std; std_fall = std_start / std_end; collapsed: "
-            "effective rank <= 1.5 or std fall >= 100x; kept_rank: effective rank > embed_dim / 2; "
+            "effective rank <= 1.5 or std fall >= 100x; kept_rank: effective rank > half the embedding's width "
+            "(dim / 4: dim is the joint [c ; t]'s); "
             "mahalanobis_end: the batch Mahalanobis average of the joint embedding (the trap keeps it at ~D).\n"
         )
     return md_path, csv_path

@@ -15,340 +15,23 @@ forward-mode (jax.jvp, jacfwd, hessian) of a density is not supported.
 
 from __future__ import annotations
 
-import functools
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from gje_jax import _validation as v
 from gje_jax import linalg
-
-# Whitened residuals (float32) per chunk in the forward pass, 8 MiB; the gradient's chunks
-# are half that. Chunks reuse cache-resident buffers (fresh large buffers cost page faults
-# on CPU), but a chunk's GEMM wants many rows and each chunk costs a loop step. Whole
-# log-density on 2 cores, ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32):
-# forward with 2 / 4 / 8 / 16 MiB chunks 1.28 / 1.10 / 1.02 / 0.91 (16 MiB is unchunked
-# there), 1.92 / 1.80 / 1.69 / 1.87, 2.74 / 2.59 / 2.47 / 2.77 (32 MiB: 15.9); value and
-# gradient with 2 / 4 / 8 MiB gradient chunks 5.2 / 4.8 / 14.0, 7.96 / 7.69 / 7.76,
-# 10.9 / 10.3 / 10.8.
-CHUNK_ELEMENTS = 1 << 21
-
-
-def _map_over_rows(fn, x: jax.Array, rows_per_chunk: int) -> jax.Array:
-    """Applies fn([n, ...] -> [n, ...]) to x in row chunks with lax.map, output [N, ...]."""
-    n = x.shape[0]
-    if rows_per_chunk >= n:
-        return fn(x)
-    out = lax.map(fn, _chunked(x, rows_per_chunk))
-    return out.reshape((-1,) + out.shape[2:])[:n]
-
-
-def _chunked(x: jax.Array, rows: int) -> jax.Array:
-    """[N, ...] -> [ceil(N / rows), rows, ...], zero-padded at the end."""
-    n = x.shape[0]
-    num = -(-n // rows)
-    return jnp.pad(x, [(0, num * rows - n)] + [(0, 0)] * (x.ndim - 1)).reshape((num, rows) + x.shape[1:])
-
-
-def _sum_of_squares(y: jax.Array, axis: int, shift: jax.Array | None = None) -> jax.Array:
-    """sum((y - shift)^2) over `axis`: the distances' last pass over [n, K, D] residuals.
-
-    shift (optional) broadcasts against y and has y's length along `axis`.
-
-    On CPU by pairwise halving (`_pairwise_sum_of_squares`), other backends by jnp.sum
-    (`_reduced_sum_of_squares`): XLA's CPU reduce over a short axis measured slower.
-    Whitened distances at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) /
-    (8192, 8, 256): 0.73 / 1.74 / 2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3.
-    """
-    args = (y,) if shift is None else (y, shift)
-    cpu = functools.partial(_pairwise_sum_of_squares, axis=axis)
-    other = functools.partial(_reduced_sum_of_squares, axis=axis)
-    return lax.platform_dependent(*args, cpu=cpu, default=other)
-
-
-def _reduced_sum_of_squares(y, shift=None, *, axis):
-    return jnp.sum(jnp.square(y if shift is None else y - shift), axis)
-
-
-def _pairwise_sum_of_squares(y, shift=None, *, axis):
-    """Slices are added level by level, which XLA fuses with the shift and the square into one
-    elementwise pass after the GEMM. The shift and the square apply to the first level's
-    slices, not before slicing: XLA's CPU fusion materialised an array that two slices read
-    (0.73 ms against 1.13 at (1024, 256, 16))."""
-
-    def part(lo, hi):
-        a = lax.slice_in_dim(y, lo, hi, axis=axis)
-        if shift is not None:
-            a = a - lax.slice_in_dim(shift, lo, hi, axis=axis)
-        return jnp.square(a)
-
-    def halve(x, fn):  # fn(first half) + fn(second half), with an odd last slice kept
-        n = x.shape[axis]
-        h = n // 2
-        head = fn(0, h) + fn(h, 2 * h)
-        return jnp.concatenate([head, fn(2 * h, n)], axis) if n % 2 else head
-
-    x = halve(y, part) if y.shape[axis] > 1 else part(0, 1)
-    while x.shape[axis] > 1:
-        x = halve(x, functools.partial(lax.slice_in_dim, x, axis=axis))
-    return jnp.squeeze(x, axis)
-
-
-def _rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
-    return max(1, chunk_elements // max(1, k * d))
-
-
-@v.finite_args("z", "means", factors=("scale_trils",))
-@functools.partial(jax.jit, static_argnames=("chunk_elements",))
-def component_log_probs(
-    z: jax.Array,
-    means: jax.Array,
-    scale_trils: jax.Array,
-    *,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> tuple[jax.Array, jax.Array]:
-    """log N(z_n | mu_k, L_k L_k^T) for every point and component.
-
-    Args:
-      z: [N, D] points.
-      means: [K, D].
-      scale_trils: [K, D, D] lower Cholesky factors.
-      chunk_elements: bound on K * rows * D per chunk of the whitened residuals (half that
-        in the gradient).
-
-    Returns:
-      (log_probs [N, K], mahalanobis [N, K]) in float32, the squared distances
-      |L_k^{-1}(z_n - mu_k)|^2 included for diagnostics.
-
-    Example:
-      >>> log_probs, maha = gje_jax.component_log_probs(jnp.zeros((4, 2)), jnp.zeros((3, 2)), jnp.stack([jnp.eye(2)] * 3))
-      >>> log_probs.shape, float(log_probs[0, 0]).__round__(4)   # log N(0 | 0, I) = -log(2 pi)
-      ((4, 3), -1.8379)
-      >>> maha.max().item()
-      0.0
-    """
-    means, scale_trils = v.as_float(means, "means"), v.as_float(scale_trils, "chols")
-    v.check_rank(means, 2, "means", "[K, D]")
-    _check_params(jnp.zeros(means.shape[:1], means.dtype), means, scale_trils)
-    k, d = means.shape
-    z = _check_points(z, d, "z")
-    log_norm = -linalg.half_logdet(scale_trils) - 0.5 * d * linalg.LOG_2PI  # [K]
-    maha = _distances(z, means, scale_trils, None, chunk_elements)
-    return log_norm - 0.5 * maha, maha
-
-
-# From this many components on, residuals are laid out [n, D, K] (component axis minor): the
-# sum over D then vectorises across components; below it, [n, K, D] and a minor-axis sum.
-_COMPONENT_MINOR_MIN = 8
-
-
-def _residuals(zc, mat, off, k, component_minor):
-    """Whitened residuals W_k (z_n - mu_k) of a chunk zc [n, D], as [n, D, K] or [n, K, D].
-    mat: [D * K, D] the rows of every W_k in that order; off: [D * K] the whitened means."""
-    y = zc @ mat.T - off
-    d = zc.shape[1]
-    return y.reshape((-1, d, k) if component_minor else (-1, k, d))
-
-
-def _vary_together(*xs):
-    """Inside jax.shard_map, marks every x as varying over the mesh axes any of them varies
-    over (a no-op elsewhere). The custom VJPs below must return each cotangent with its
-    input's type, and the cotangent of a replicated factor from a sharded batch varies; this
-    way the transpose of the cast (a psum) is JAX's own, outside the custom rule."""
-    have = [_varying_axes(x) for x in xs]
-    axes = set().union(*have)
-    return tuple(_pcast_varying(x, tuple(sorted(axes - h))) if axes - h else x for x, h in zip(xs, have))
-
-
-def _varying_axes(x) -> set:
-    t = jax.typeof(x)
-    if hasattr(t, "vma"):  # the name in some JAX versions
-        return set(t.vma)
-    mat = getattr(t, "manual_axis_type", None)
-    return set(mat.varying) if mat is not None else set()
-
-
-def _pcast_varying(x, axes: tuple):
-    if hasattr(lax, "pcast"):
-        return lax.pcast(x, axes, to="varying")
-    return lax.pvary(x, axes)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _mahalanobis(z, mat, off, rows: int, k: int, component_minor: bool) -> jax.Array:
-    """|W_k z_n - W_k mu_k|^2: [N, K]. z: [N, D]; mat, off: see `_residuals`; rows: points
-    per chunk (half that in the gradient). One GEMM per chunk; the gradient recomputes the
-    residuals chunk by chunk instead of storing them, so [N, K, D] never lives in memory."""
-    d = z.shape[1]
-    axis, shape = (1, (d, k)) if component_minor else (2, (k, d))
-    shift = off.reshape((1,) + shape)
-    # The whitened means are subtracted inside the sum of squares (see there why).
-    return _map_over_rows(lambda zc: _sum_of_squares((zc @ mat.T).reshape((-1,) + shape), axis, shift), z, rows)
-
-
-def _mahalanobis_fwd(z, mat, off, rows, k, component_minor):
-    return _mahalanobis(z, mat, off, rows, k, component_minor), (z, mat, off)
-
-
-def _mahalanobis_bwd(rows, k, component_minor, res, g):
-    z, mat, off = res
-    n = z.shape[0]
-    rows = max(1, min(rows // 2, n))  # see CHUNK_ELEMENTS
-    g_axis = 1 if component_minor else 2
-
-    def body(carry, xs):
-        zc, gc = xs
-        dmat_t, doff = carry
-        y = _residuals(zc, mat, off, k, component_minor)
-        yb = (2.0 * jnp.expand_dims(gc, g_axis) * y).reshape(zc.shape[0], -1)  # d|y|^2 / dy
-        # The factor gradient is accumulated transposed, [D, K D]: the same product as
-        # yb.T @ zc, but XLA's CPU GEMM with the long K D axis as the output's minor one ran
-        # 2.5x faster (whole backward at (N, K, D) = (1024, 256, 16): 3.0 ms against 7.5).
-        return (dmat_t + zc.T @ yb, doff - jnp.sum(yb, axis=0)), yb @ mat
-
-    init = (jnp.zeros_like(mat.T), jnp.zeros_like(off))
-    (dmat_t, doff), dz = lax.scan(body, init, (_chunked(z, rows), _chunked(g, rows)))
-    return dz.reshape(-1, z.shape[1])[:n], dmat_t.T, doff
-
-
-_mahalanobis.defvjp(_mahalanobis_fwd, _mahalanobis_bwd)
-
-
-@jax.custom_vjp
-def _mahalanobis_one(z: jax.Array, mean: jax.Array, scale_tril: jax.Array) -> jax.Array:
-    """K = 1: |L^{-1}(z_n - mu)|^2 by one unbatched triangular solve. z: [N, D]; mean: [D];
-    scale_tril: [D, D]. Returns [N].
-
-    Used off CPU (see `_distances`): cuBLAS trsm does N*D^2 flops at close to matmul speed,
-    without forming W = L^{-1}. See `_row_solver` for why it stays safe under vmap.
-    """
-    return _mahalanobis_one_fwd(z, mean, scale_tril)[0]
-
-
-def _row_solver(trans: int):
-    """solve(L [D, D], r [N, D]) -> L^{-1} r_n (trans=0) or L^{-T} r_n (trans=1) per row.
-
-    Unbatched it is one LAPACK/cuBLAS triangular solve with N right-hand sides. Under vmap it
-    never becomes a *batched* LAPACK call (whose gradients deadlock jaxlib 0.10.x on 2 cores,
-    measured: two vmapped K = 1 densities in one gradient hung): a batch of right-hand sides
-    folds into the rows of one solve, and a batch of factors uses matmuls with the triangular
-    inverse (`linalg.tril_inverse`) instead.
-    """
-
-    def unbatched(scale_tril, r):
-        # A vmap over rows: its batching rule hands LAPACK one solve with N right-hand sides in
-        # the layout it runs fastest (measured faster than transposing to [D, N] ourselves).
-        return jax.vmap(lambda x: jax.scipy.linalg.solve_triangular(scale_tril, x, lower=True, trans=trans))(r)
-
-    solve = jax.custom_batching.custom_vmap(unbatched)
-
-    @solve.def_vmap
-    def _rule(axis_size, in_batched, scale_tril, r):
-        l_batched, r_batched = in_batched
-        if not r_batched:
-            r = jnp.broadcast_to(r, (axis_size,) + r.shape)
-        if not l_batched:
-            return solve(scale_tril, r.reshape(-1, r.shape[-1])).reshape(r.shape), True
-        w = linalg.tril_inverse(scale_tril)  # [B, D, D]
-        return jnp.einsum("bed,bne->bnd" if trans else "bde,bne->bnd", w, r), True
-
-    return solve
-
-
-_solve_rows = _row_solver(0)
-_solve_rows_transposed = _row_solver(1)
-
-
-def _mahalanobis_one_fwd(z, mean, scale_tril):
-    y = _solve_rows(scale_tril, z - mean)  # [N, D]
-    return jnp.sum(y * y, axis=1), (scale_tril, y)
-
-
-def _mahalanobis_one_bwd(res, g):
-    scale_tril, y = res
-    # r_bar = L^{-T} (2 g y): the cotangent of the residuals, one more solve.
-    r_bar = _solve_rows_transposed(scale_tril, 2.0 * g[:, None] * y)
-    # dL = -tril(r_bar^T y): one dense GEMM (row-blocked lower-triangle-only GEMMs measured
-    # 1.5x slower on CPU for D = 512).
-    return r_bar, -jnp.sum(r_bar, axis=0), -jnp.tril(r_bar.T @ y)
-
-
-_mahalanobis_one.defvjp(_mahalanobis_one_fwd, _mahalanobis_one_bwd)
-
-
-def _whitened_distances(z: jax.Array, w: jax.Array, means: jax.Array, *, chunk_elements: int = CHUNK_ELEMENTS):
-    """Squared Mahalanobis distances |W_k (z_n - mu_k)|^2 from whitening matrices W_k = L_k^{-1}.
-
-    z: [N, D]; w: [K, D, D] lower-triangular (zero above the diagonal); means: [K, D].
-    Returns [N, K] float32. Work: one [n, D] x [D, K D] GEMM per chunk of n points, chunked
-    over N to at most `chunk_elements` residuals at a time, with a hand-written gradient that
-    recomputes rather than stores them. (Skipping the zero upper triangles with row-blocked
-    GEMMs saves flops but measured no faster on CPU.)
-    """
-    k, d = means.shape
-    minor = k >= _COMPONENT_MINOR_MIN
-    wmu = jnp.einsum("kde,ke->kd", w, means)
-    if minor:
-        w, wmu = jnp.swapaxes(w, 0, 1), wmu.T  # [D, K, D], [D, K]
-    z, mat, off = _vary_together(z, w.reshape(k * d, d), wmu.reshape(-1))
-    return _mahalanobis(z, mat, off, _rows_per_chunk(k, d, chunk_elements), k, minor)
-
-
-def _distances(z, means, scale_trils, w, chunk_elements):
-    """[N, K] squared Mahalanobis distances by GEMMs with W = L^{-1} (passed as w when the
-    caller already has it); on GPU and TPU, K = 1 is one triangular solve instead.
-
-    Why no solve for K = 1 on CPU: jaxlib's LAPACK there is OpenBLAS, whose threads keep
-    spinning after each call and take the cores from whatever runs next, such as the rest of
-    a training step (measured in `experiments/threads.py`). The GEMM path uses XLA's threads
-    only. Alone, it ran as fast as the solve at N = 4096 (forward 0.55 ms at D = 128, 5.5
-    against 5.7 at D = 512) and slower for small batches (0.23 against 0.15 ms at N = 128,
-    D = 256), which is small against what the spinning threads cost a step.
-    """
-
-    def by_gemm(z, means, scale_trils):
-        wk = linalg.tril_inverse(scale_trils) if w is None else w
-        return _whitened_distances(z, wk, means, chunk_elements=chunk_elements)
-
-    if means.shape[0] > 1:
-        return by_gemm(z, means, scale_trils)
-
-    def by_solve(z, means, scale_trils):
-        return _mahalanobis_one(*_vary_together(z, means[0], jnp.tril(scale_trils[0])))[:, None]
-
-    return lax.platform_dependent(z, means, scale_trils, cpu=by_gemm, default=by_solve)
-
-
-def _check_params(log_weights, means, scale_trils) -> None:
-    v.check_rank(log_weights, 1, "log_weights", "[K]")
-    v.check_rank(means, 2, "means", "[K, D]")
-    v.check_rank(scale_trils, 3, "chols", "[K, D, D]")
-    k, d = means.shape
-    if k == 0:
-        raise ValueError("A mixture needs K >= 1 components, got K = 0 (means shape (0, D)).")
-    if d == 0:
-        raise ValueError("A mixture needs D >= 1 dimensions, got means shape (K, 0).")
-    v.check_dim(log_weights.shape[0], k, f"log_weights length vs means {tuple(means.shape)}")
-    if scale_trils.shape != (k, d, d):
-        raise ValueError(
-            f"chols must have shape [K, D, D] = {(k, d, d)} to match means {tuple(means.shape)}, got {tuple(scale_trils.shape)}."
-        )
-
-
-def _check_points(z: jax.Array, d: int, name: str) -> jax.Array:
-    z = v.as_float(z, name)
-    v.check_rank(z, 2, name, "[N, D]")
-    if z.shape[1] != d:
-        raise ValueError(f"{name} has dimension {z.shape[1]} (shape {tuple(z.shape)}) but the mixture has D = {d}.")
-    v.check_finite_if_concrete(z, name)
-    return z
-
-
-def _categorical(key: jax.Array, logits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.categorical(key, logits, shape=shape)
+from gje_jax._mahalanobis import (
+    CHUNK_ELEMENTS,
+    categorical,
+    check_params,
+    check_points,
+    component_log_probs,
+    distances,
+    map_over_rows,
+    rows_per_chunk,
+)
 
 
 @flax.struct.dataclass
@@ -385,7 +68,7 @@ class GaussianMixture:
             v.as_float(a, n) for a, n in ((log_weights, "log_weights"), (means, "means"), (covs, "covs"))
         )
         v.check_rank(covs, 3, "covs", "[K, D, D]")
-        _check_params(log_weights, means, covs)
+        check_params(log_weights, means, covs)
         for a, n in ((means, "means"), (covs, "covs")):
             v.check_finite_if_concrete(a, n)
         chols = linalg.cholesky(covs)
@@ -419,7 +102,7 @@ class GaussianMixture:
 
     def check_shapes(self) -> GaussianMixture:
         """Trace-time shape checks; returns self."""
-        _check_params(self.log_weights, self.means, self.chols)
+        check_params(self.log_weights, self.means, self.chols)
         return self
 
     def validate(self) -> GaussianMixture:
@@ -443,7 +126,7 @@ class GaussianMixture:
     # ---- densities ----------------------------------------------------------
     def _joint_logits(self, z, chunk_elements):
         self.validate()
-        z = _check_points(z, self.dim, "z")
+        z = check_points(z, self.dim, "z")
         comp, _ = component_log_probs.unchecked(z, self.means, self.chols, chunk_elements=chunk_elements)
         return self.normalized_log_weights() + comp  # [N, K]
 
@@ -482,9 +165,9 @@ class GaussianMixture:
         n = v.check_int(n, "n", minimum=0)
         chols = self._tril()
         k_key, e_key = jax.random.split(key)
-        comp = _categorical(k_key, self.normalized_log_weights(), (n,))
+        comp = categorical(k_key, self.normalized_log_weights(), (n,))
         eps = jax.random.normal(e_key, (n, self.dim), self.means.dtype)
-        rows = _rows_per_chunk(self.num_components, self.dim, chunk_elements)
+        rows = rows_per_chunk(self.num_components, self.dim, chunk_elements)
 
         def chunk(args):
             e, c = args[:, :-1], args[:, -1].astype(jnp.int32)
@@ -494,7 +177,7 @@ class GaussianMixture:
             return jnp.take_along_axis(all_k, c[None, :, None], axis=0)[0]
 
         packed = jnp.concatenate([eps, comp[:, None].astype(eps.dtype)], axis=-1)
-        return _map_over_rows(chunk, packed, rows)
+        return map_over_rows(chunk, packed, rows)
 
     # ---- conditioning and marginals -----------------------------------------
     def condition(
@@ -536,7 +219,7 @@ class GaussianMixture:
         mu_c, mu_t = self.means[:, :split], self.means[:, split:]
         w_cc = linalg.tril_inverse(l_cc)
         log_norm = -linalg.half_logdet(l_cc) - 0.5 * split * linalg.LOG_2PI
-        maha = _distances(c, mu_c, l_cc, w_cc, chunk_elements)  # [N, K]
+        maha = distances(c, mu_c, l_cc, w_cc, chunk_elements)  # [N, K]
         logits = self.normalized_log_weights() + log_norm - 0.5 * maha
         # m_k(c) = b_k + G_k c with the gain G_k = L_tc,k L_cc,k^{-1} [d_t, d_c] formed once:
         # every component's conditional mean is then one [N, d_c + 1] x [d_c + 1, K d_t] GEMM
@@ -710,7 +393,7 @@ class ConditionalMixture:
         n = v.check_int(n, "n", minimum=0)
         k_key, e_key = jax.random.split(key)
         q, k, d = self.means.shape
-        comp = _categorical(k_key, self.log_weights[:, None, :], (q, n))  # [N, n]
+        comp = categorical(k_key, self.log_weights[:, None, :], (q, n))  # [N, n]
         onehot = jax.nn.one_hot(comp, k, dtype=self.means.dtype)  # [N, n, K]
         eps = jax.random.normal(e_key, (q, n, d), self.means.dtype)
         loc = jnp.einsum("qsk,qkd->qsd", onehot, self.means)
@@ -758,3 +441,6 @@ class ConditionalMixture:
         weights = jnp.take_along_axis(jnp.exp(self.log_weights), order, axis=-1)
         means = jnp.take_along_axis(self.means, order[..., None], axis=1)
         return weights, means
+
+
+__all__ = ["ConditionalMixture", "GaussianMixture", "component_log_probs"]

@@ -22,8 +22,8 @@ import numpy as np
 
 from gje_jax import _validation as v
 from gje_jax import linalg, resampling
+from gje_jax._mahalanobis import map_over_rows
 from gje_jax.gaussian import regularize
-from gje_jax.mixture import _map_over_rows
 
 # Bound on rows * M elements of one distance block ([rows, M] float32, 16 MiB).
 KDE_CHUNK_ELEMENTS = 1 << 22
@@ -117,7 +117,7 @@ def _pairwise_log_kernel(x: jax.Array, centres: jax.Array, log_weights: jax.Arra
         d2 = jnp.maximum(jnp.sum(u * u, axis=-1, keepdims=True) + v_sq - 2.0 * u @ v_c.T, 0.0)  # [n, M]
         return jax.nn.logsumexp(log_weights - 0.5 * d2, axis=-1, keepdims=True)
 
-    out = _map_over_rows(chunk, x, max(1, KDE_CHUNK_ELEMENTS // max(m, 1)))
+    out = map_over_rows(chunk, x, max(1, KDE_CHUNK_ELEMENTS // max(m, 1)))
     return out[:, 0] + log_norm
 
 

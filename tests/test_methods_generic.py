@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import Mesh
 
 from gje_jax import methods
-from gje_jax.train import config_check, loop, records
+from gje_jax.train import checkpoint, config_check, loop
 from gje_jax.train.state import loss_and_updates
 from tests.helpers import train_config
 
@@ -47,17 +47,21 @@ def check_trains_and_restores(config, workdir):
     state, last = loop.train_and_evaluate(config, workdir, progress=False)
     assert int(state.step) == config.num_steps
     assert all(np.isfinite(v) for k, v in last.items() if isinstance(v, float)), last
-    run = records.load_run(workdir)  # the newest checkpoint, read back into a fresh state
-    assert int(run.state.step) == config.num_steps
+    # The newest checkpoint, read back into a zeroed state of the same structure.
+    mngr = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
+    blank = jax.tree.map(jnp.zeros_like, state)
+    back = checkpoint.restore_or_keep(mngr, blank)
+    mngr.close()
+    assert int(back.step) == config.num_steps
     for name in ("params", "opt_state", "batch_stats", "method_state"):
         saved = jax.tree_util.tree_leaves_with_path(getattr(state, name))
-        restored = jax.tree.leaves(getattr(run.state, name))
+        restored = jax.tree.leaves(getattr(back, name))
         assert len(saved) == len(restored), name
         for (path, a), b in zip(saved, restored):
             np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=f"{name}{jax.tree_util.keystr(path)}")
-    method = run.method
+    method = methods.build(config.method, config)
     if method.density is not None:
-        d = method.density(run.state.params["method"], run.state.method_state)
+        d = method.density(back.params["method"], back.method_state)
         assert np.all(np.isfinite(np.asarray(d.means)))
 
 

@@ -240,7 +240,7 @@ def test_mahalanobis_kernels_value_and_gradient(k, d, chunk):
         return gje_jax.component_log_probs(z, means, chols, chunk_elements=chunk)[1]
 
     if k == 1:  # also the triangular-solve kernel that GPU and TPU use for K = 1
-        from gje_jax.mixture import _mahalanobis_one
+        from gje_jax._mahalanobis import _mahalanobis_one
 
         solve = lambda z, means, chols: _mahalanobis_one(z, means[0], jnp.tril(chols[0]))[:, None]
         kernels = [ours, solve]
@@ -270,7 +270,7 @@ def test_mahalanobis_kernels_value_and_gradient(k, d, chunk):
 
 def _single_gaussian_log_prob_by_solve(z, mu, l):
     """log N(z | mu[0], l[0] l[0]^T) through the triangular-solve kernel GPU and TPU use."""
-    from gje_jax.mixture import _mahalanobis_one
+    from gje_jax._mahalanobis import _mahalanobis_one
 
     maha = _mahalanobis_one(z, mu[0], jnp.tril(l[0]))
     return -0.5 * maha - jnp.sum(jnp.log(jnp.diagonal(l[0]))) - 0.5 * z.shape[1] * np.log(2 * np.pi)
@@ -320,7 +320,7 @@ def test_sum_of_squares_matches_numpy(shape, axis):
     """The distances' sum of squares: the dispatcher, the CPU branch (pairwise halving, odd
     lengths included) and the other backends' branch, with and without the subtracted
     shift, against float64 numpy."""
-    from gje_jax import mixture
+    from gje_jax import _mahalanobis as mixture
 
     rng = np.random.default_rng(len(shape) * 100 + shape[axis])
     y = rng.normal(size=shape) * 3

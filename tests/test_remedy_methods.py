@@ -18,10 +18,12 @@ STATEFUL = [
     for n in methods.names()
     if jax.tree.leaves(jax.eval_shape(lambda k, n=n: methods.build({"name": n}).init(k, 3, 3)[1], jax.random.key(0)))
 ]
-REMEDIES = [(n, {}) for n in STATEFUL] + [
+# Each stateful method, with a bank (if it has one) of one batch over capacity that resamples
+# often (ESS threshold 0.9); then variants.
+_BUSY = {"bank_size": 64, "ess_threshold": 0.9}
+REMEDIES = [(n, {f"method.{k}": v for k, v in _BUSY.items() if k in methods.module(n).SETTINGS}) for n in STATEFUL] + [
     ("gmje_mdn", {}),
     ("gmje_mdn", {"method.mdn_covariance": "full"}),
-    ("gmje_smc", {"method.bank_size": 64, "method.ess_threshold": 0.9}),
     ("gmje_smc", {"method.bank_loss": "both", "method.bank_kernel": "isotropic", "method.resampling": "residual"}),
 ]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _data_config(root: str | None = None):
-    from experiments.configs import cifar10_resnet18
+    from ..configs import cifar10_resnet18
 
     d = cifar10_resnet18.get_config("gmje").data.copy_and_resolve_references()
     if root is not None:

@@ -27,7 +27,7 @@ import functools
 import math
 import sys
 
-from experiments.benchmarks import common
+from . import common
 
 POOL = common.configure_cpu_pool()
 ALLOCATOR = common.configure_allocator()

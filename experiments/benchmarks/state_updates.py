@@ -16,12 +16,13 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from experiments.benchmarks import common
-from experiments.benchmarks.train_step import step_time_ms
-from experiments.configs.common import base_config
 from gje_jax import em, gng, methods, smc
 from gje_jax.models import build_network, model_config
 from gje_jax.train.state import make_optimizer
+
+from ..configs.common import base_config
+from . import common
+from .train_step import step_time_ms
 
 
 def step_ms(encoder: str, batch: int, embed: int) -> float:

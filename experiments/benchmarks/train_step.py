@@ -10,7 +10,7 @@ the number measures the model and the loss, not a data pipeline.
 
 from __future__ import annotations
 
-from experiments import threads
+from .. import threads
 
 # As the entry points run (see experiments/threads.py); run with OPENBLAS_NUM_THREADS set to
 # measure another setting.
@@ -21,11 +21,12 @@ import functools  # noqa: E402
 
 import jax  # noqa: E402
 
-from experiments.benchmarks import common  # noqa: E402
-from experiments.configs.common import base_config  # noqa: E402
 from gje_jax import methods  # noqa: E402
 from gje_jax.models import build_network, model_config  # noqa: E402
 from gje_jax.train.state import create_state, make_optimizer, train_step  # noqa: E402
+
+from ..configs.common import base_config  # noqa: E402
+from . import common  # noqa: E402
 
 # Method settings for every registered method that reads them.
 TUNING = {"num_components": 16}

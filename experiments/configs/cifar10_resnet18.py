@@ -8,8 +8,13 @@ The argument is the method, as in cifar10_small.py. Pass --config.num_steps to s
 the schedule follows num_steps.
 """
 
-from experiments.configs.vision import set_method_model, vision_base
 from gje_jax.models import model_config
+from gje_jax.train.configs import load_sibling
+
+_vision = load_sibling(__file__, "vision")
+set_method_model = _vision.set_method_model
+vision_base = _vision.vision_base
+
 
 _TRAIN_IMAGES = 50000
 

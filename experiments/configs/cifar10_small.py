@@ -7,13 +7,16 @@ was 800 steps then; docs/vision_ablations.md keeps that table and the ablations 
   python -m experiments.main --config=experiments/configs/cifar10_small.py:gmje --workdir=runs/c10/gmje
   python -m experiments.report_vision --config=experiments/configs/cifar10_small.py --workdir=runs/c10
 
-The argument is the method (simclr, vicreg, predictor, gje, gmje, gmje_em, gmje_mdn, gmje_gng,
-gmje_smc); append ',runlocal' for a seconds-long smoke run (e.g. `:simclr,runlocal`).
+The argument is the method (any of gje_jax.methods.names()); append ',runlocal' for a seconds-long smoke run (e.g. `:simclr,runlocal`).
 """
 
-from experiments.configs.vision import set_method_model, vision_base
 from gje_jax import methods
 from gje_jax.models import model_config
+from gje_jax.train.configs import load_sibling
+
+_vision = load_sibling(__file__, "vision")
+set_method_model = _vision.set_method_model
+vision_base = _vision.vision_base
 
 
 def get_config(arg: str = "gmje"):

@@ -9,7 +9,10 @@ loss, gradient norm and embedding spread over the run, and each method's diagnos
 
 import ml_collections
 
-from experiments.configs.common import clustered_views_train
+from gje_jax.train.configs import load_sibling
+
+_common = load_sibling(__file__, "common")
+clustered_views_train = _common.clustered_views_train
 
 
 def get_config(arg: str = ""):

@@ -8,7 +8,10 @@ one shared MLP encoder).
 
 import ml_collections
 
-from experiments.configs.common import clustered_views_train
+from gje_jax.train.configs import load_sibling
+
+_common = load_sibling(__file__, "common")
+clustered_views_train = _common.clustered_views_train
 
 
 def get_config(arg: str = ""):

@@ -1,13 +1,25 @@
 """Shared pieces of the image configs (cifar10_small, cifar10_resnet18): the data section
 and per-method settings. Not a config itself."""
 
+import os
+
 import ml_collections
 
-from experiments.configs.common import base_config
 from gje_jax import methods
+from gje_jax.train.configs import base_config
 
-# The offline prepared copy shipped beside the project (see ../shared/data/README.md).
-SHARED_CIFAR10 = "../shared/data/tfds/cifar10_jpeg/1.0.0"
+
+def shared_cifar10() -> str:
+    """The offline prepared CIFAR-10 copy (ArrayRecord, see shared/data/README.md beside the
+    project): $GJE_JAX_CIFAR10_DIR if set, else the copy beside this source checkout, as an
+    absolute path; '' when neither exists (TFDS then reads 'cifar10' by name under data_dir)."""
+    env = os.environ.get("GJE_JAX_CIFAR10_DIR", "")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    here = os.path.dirname(os.path.abspath(__file__))  # <checkout>/experiments/configs
+    path = os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "data", "tfds", "cifar10_jpeg", "1.0.0"))
+    return path if os.path.isdir(path) else ""
+
 
 _DATASETS = {
     # name: (image_shape, num_classes, recipe, channel mean, channel std)
@@ -23,7 +35,7 @@ def image_data(name: str = "cifar10") -> dict:
     shape, classes, recipe, mean, std = _DATASETS[name]
     return dict(
         name=name,
-        directory=SHARED_CIFAR10 if name == "cifar10" else "",
+        directory=shared_cifar10() if name == "cifar10" else "",
         data_dir="",
         cache_dir="~/.cache/gje_jax",  # decoded uint8 arrays; '' disables the cache
         train_split="train",

@@ -5,6 +5,11 @@ examples and first steps). Experiment configs (experiments/configs/) build on th
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
 import ml_collections
 
 from gje_jax import methods
@@ -79,3 +84,35 @@ def smoke_config(method: str = "gje") -> ml_collections.ConfigDict:
     c.model.feature_dim = 8
     c.lock()
     return c
+
+
+def load_sibling(config_file: str, name: str) -> ModuleType:
+    """The module `name`.py in the folder of `config_file`, loaded by path (once).
+
+    Config files are loaded by path (ml_collections' --config=FILE), not as package
+    modules, so they reach their shared pieces this way: it works wherever the folder lies
+    (a source checkout, an installed package, a copy of your own).
+
+    Example:
+      >>> import os, tempfile
+      >>> from gje_jax.train.configs import load_sibling
+      >>> folder = tempfile.mkdtemp()
+      >>> with open(os.path.join(folder, "shared.py"), "w") as f:
+      ...     _ = f.write("WIDTH = 64")
+      >>> load_sibling(os.path.join(folder, "my_config.py"), "shared").WIDTH
+      64
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    key = f"_gje_jax_config_{os.path.splitext(path)[0]}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        if spec is None or not os.path.exists(path):
+            raise FileNotFoundError(f"{path} (a shared config piece beside {config_file}) does not exist.")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]

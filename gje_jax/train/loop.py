@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -18,11 +17,11 @@ from jax.sharding import PartitionSpec as P
 from gje_jax import methods
 from gje_jax.data import ArraySource, augment, batch_indices, images, local_slice, synthetic
 from gje_jax.models import build_network
-from gje_jax.train import checkpoint, config_check, records
+from gje_jax.train import checkpoint, config_check, divergence, records
 from gje_jax.train import workdir as workdir_lib
+from gje_jax.train.divergence import Diverged  # noqa: F401 (raised by train_and_evaluate)
 from gje_jax.train.state import (
     create_state,
-    guarded_paths,
     make_optimizer,
     make_schedule,
     train_step,
@@ -66,13 +65,6 @@ def make_mesh() -> Mesh:
       (('data',), True)
     """
     return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def _select(config, path):
-    val = config
-    for p in path.split("."):
-        val = val[p]
-    return val
 
 
 class _StopFlag:
@@ -231,111 +223,6 @@ def run_step(config, step_fn, state, batch, key):
     return state, metrics
 
 
-def _check_workdir_config(config, workdir: str, old: dict | None) -> None:
-    if old is None:
-        if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
-            raise workdir_lib.WorkdirError(
-                f"{workdir} holds checkpoints but no config.json, so which method and model they belong to is "
-                "unknown. Restore config.json, or use a new --workdir. Nothing was changed."
-            )
-        return
-    new = json.loads(config.to_json())
-    for field in methods.identity_fields(config.method.name) + _IDENTITY_FIELDS:
-        try:
-            a, b = _select(old, field), _select(new, field)
-        except (KeyError, TypeError):
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            # A field added after the old run was written defaults to the old behaviour; one
-            # the old (wider) section held and this one does not have had no effect there.
-            a, b = {k: v for k, v in a.items() if k in b}, {k: v for k, v in b.items() if k in a}
-        if a != b:
-            raise checkpoint.CheckpointError(
-                f"{workdir} holds a run with config.{field}={a!r}, this config has {b!r}. Its checkpoints cannot "
-                f"be resumed by this config; use a new --workdir. Nothing was changed."
-            )
-
-
-def _write_config(config, workdir: str, old: dict | None, start: int) -> None:
-    """config.json is the first segment's config and is never rewritten; a resume with other
-    (compatible) settings records them as config.step<N>.json, N the step it resumed from."""
-    text = config.to_json(indent=2)
-    if old is None:
-        name = "config.json"
-    elif old == json.loads(text):
-        return
-    else:
-        name = f"config.step{start}.json"
-        print(f"Settings differ from config.json; this segment's config is in {name}.")
-    tmp = os.path.join(workdir, name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(workdir, name))
-
-
-class Diverged(FloatingPointError):
-    """A non-finite update stopped the run; .step is its step, the state before it is saved.
-
-    Example:
-      >>> from gje_jax.train.loop import Diverged
-      >>> e = Diverged(18, "The update at step 18 gave NaN/Inf")
-      >>> isinstance(e, FloatingPointError), e.step
-      (True, 18)
-    """
-
-    def __init__(self, step: int, message: str):
-        super().__init__(message)
-        self.step = step
-
-
-def _save(mngr, step: int, state, config) -> None:
-    """Saves `step`, unless an update diverged: then the state is the last finite one (the
-    step's guard keeps it), saved by _stop_if_diverged. A state starts finite (the start-up
-    check), so every checkpoint is."""
-    _stop_if_diverged(mngr, state, config)
-    checkpoint.save(mngr, step, state)
-
-
-def _check_restored(mngr, state, config) -> None:
-    """A checkpoint holding NaN/Inf (written by a version without the guard) is refused at
-    start-up: resuming from it would make every update non-finite."""
-    step = mngr.latest_step()
-    bad = None if step is None else checkpoint.first_nonfinite(state.checkpointed())  # named as the guard does
-    if bad is not None:
-        earlier = sorted(s for s in mngr.all_steps() if s < step)
-        raise checkpoint.CheckpointError(
-            f"The checkpoint of step {step} in {mngr.directory} holds NaN/Inf, first in {bad} (method "
-            f"{config.method.name}). "
-            + (
-                f"Resume from an earlier one with --config.resume_from_step=N (N in {earlier}; later ones are "
-                "moved to checkpoints_discarded/), or use a new --workdir."
-                if earlier
-                else "No earlier checkpoint is left; use a new --workdir."
-            )
-        )
-
-
-def _stop_if_diverged(mngr, state, config, at: int | None = None) -> None:
-    """After a non-finite update the step's guard keeps the last finite state: save it (unless
-    it is saved already) and stop, naming the step and the first non-finite tensor.
-    at: state.diverged_at when the caller has fetched it already."""
-    at = int(jax.device_get(state.diverged_at)) if at is None else int(at)
-    if at < 0:
-        return
-    tensor = int(jax.device_get(state.diverged_tensor))
-    good = at - 1
-    if mngr.latest_step() != good:
-        checkpoint.save(mngr, good, state)  # the record itself is never checkpointed
-        mngr.wait_until_finished()
-    raise Diverged(
-        at,
-        f"The update at step {at} gave NaN/Inf, first in {guarded_paths(state)[tensor]} (method "
-        f"{config.method.name}). The last finite state, step {good}, is saved as the newest checkpoint and every "
-        "earlier finite checkpoint is kept. To find where it diverges, rerun the same command with "
-        f"--config.debug=True: it resumes from step {good} and stops at the first non-finite tensor.",
-    )
-
-
 def _tensorboard_dead(writer) -> bool:
     for fw in getattr(writer, "all_writers", {}).values():
         worker = getattr(getattr(fw, "event_writer", None), "_worker", None)
@@ -420,7 +307,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
 def _train(config, workdir, mesh, *, progress, stop_after):
     is_main = jax.process_index() == 0
     old = workdir_lib.read_config(workdir)
-    _check_workdir_config(config, workdir, old)
+    workdir_lib.check_config(config, workdir, old, methods.identity_fields(config.method.name) + _IDENTITY_FIELDS)
     state, step_fn, source, data_sharding = setup(config, mesh)
     resume_from = config.get("resume_from_step", -1)
     if resume_from >= 0 and is_main:
@@ -430,7 +317,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
     mngr = checkpoint.make_manager(workdir, keep=config.keep_checkpoints)
     try:
         state = checkpoint.restore_or_keep(mngr, state, step=resume_from if resume_from >= 0 else None)
-        _check_restored(mngr, state, config)
+        divergence.check_restored(mngr, state, config)
     except BaseException:
         mngr.close()
         raise
@@ -442,7 +329,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
             print(
                 f"Resumed from step {start} in {workdir}" + (f" ({dropped} later records dropped)." if dropped else ".")
             )
-        _write_config(config, workdir, old, start)
+        workdir_lib.write_config(config, workdir, old, start)
         records.append_run_record(workdir, start)
     writer = None
     if is_main:
@@ -484,7 +371,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                     if metrics_file and (at < 0 or at == step):
                         metrics_file.write(workdir_lib.metrics_line(step, last) + "\n")
                         metrics_file.flush()
-                    _stop_if_diverged(mngr, state, config, at)
+                    divergence.stop_if_diverged(mngr, state, config, at)
                     if writer:
                         _check_tensorboard(writer, workdir)
                         for k, v in last.items():
@@ -492,7 +379,7 @@ def _train(config, workdir, mesh, *, progress, stop_after):
                     if bar is not None:
                         bar.set_postfix(loss=f"{last['loss']:.4f}", ex_s=f"{last['examples_per_s']:.0f}")
                 if step % config.checkpoint_every == 0 or step == end or flag.stop:
-                    _save(mngr, step, state, config)
+                    divergence.save(mngr, step, state, config)
                 if flag.stop:
                     print(f"Interrupted: saved step {step} in {workdir}; rerun the same command to resume.")
                     break

@@ -80,6 +80,22 @@ def git_commit(path: str | None = None) -> dict[str, Any] | None:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def provenance() -> str:
+    """One line for a results table: the versions that shape its numbers and the commit.
+
+    Example:
+      >>> from gje_jax.train import records
+      >>> records.provenance().startswith("Made with jax ")
+      True
+    """
+    v = package_versions()
+    names = ("jax", "jaxlib", "flax", "optax", "numpy")
+    parts = [f"{n} {v[n]}" for n in names if n in v] + [f"Python {v['python']}", f"backend {jax.default_backend()}"]
+    g = git_commit()
+    where = f", commit {g['commit'][:7]}{' (uncommitted changes)' if g['dirty'] else ''}" if g else ""
+    return "Made with " + ", ".join(parts) + where + "."
+
+
 def run_record(start_step: int, argv: list[str] | None = None) -> dict[str, Any]:
     """The record of one segment of a run (a fresh start or a resume at start_step).
 

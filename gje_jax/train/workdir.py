@@ -14,6 +14,8 @@ import socket
 import tempfile
 import time
 
+from gje_jax.train.checkpoint import CheckpointError
+
 
 class WorkdirError(RuntimeError):
     """The workdir cannot be used as asked (not a directory, not writable, locked by a
@@ -239,3 +241,54 @@ def truncate_metrics(file: str, step: int) -> int:
             f.writelines(kept)
         os.replace(tmp, file)
     return dropped
+
+
+def _select(config, path):
+    val = config
+    for p in path.split("."):
+        val = val[p]
+    return val
+
+
+def check_config(config, workdir: str, old: dict | None, identity_fields) -> None:
+    """Refuses a config whose `identity_fields` (paths) differ from the run in `workdir`
+    (its config.json `old`): its checkpoints could not be restored."""
+    if old is None:
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
+            raise WorkdirError(
+                f"{workdir} holds checkpoints but no config.json, so which method and model they belong to is "
+                "unknown. Restore config.json, or use a new --workdir. Nothing was changed."
+            )
+        return
+    new = json.loads(config.to_json())
+    for field in identity_fields:
+        try:
+            a, b = _select(old, field), _select(new, field)
+        except (KeyError, TypeError):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            # A field added after the old run was written defaults to the old behaviour; one
+            # the old (wider) section held and this one does not have had no effect there.
+            a, b = {k: v for k, v in a.items() if k in b}, {k: v for k, v in b.items() if k in a}
+        if a != b:
+            raise CheckpointError(
+                f"{workdir} holds a run with config.{field}={a!r}, this config has {b!r}. Its checkpoints cannot "
+                f"be resumed by this config; use a new --workdir. Nothing was changed."
+            )
+
+
+def write_config(config, workdir: str, old: dict | None, start: int) -> None:
+    """config.json is the first segment's config and is never rewritten; a resume with other
+    (compatible) settings records them as config.step<N>.json, N the step it resumed from."""
+    text = config.to_json(indent=2)
+    if old is None:
+        name = "config.json"
+    elif old == json.loads(text):
+        return
+    else:
+        name = f"config.step{start}.json"
+        print(f"Settings differ from config.json; this segment's config is in {name}.")
+    tmp = os.path.join(workdir, name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(workdir, name))
