@@ -39,3 +39,26 @@ def train_config(method="gje", **overrides):
             parent = parent[p]
         parent[last] = v
     return c
+
+
+def loss_and_grads(config, mesh):
+    """(loss, gradients) of the first batch of `config` on `mesh`, host arrays: the quantity
+    the 1-vs-4-device tests compare."""
+    import jax
+
+    from gje_jax import methods
+    from gje_jax.train import loop
+    from gje_jax.train.state import loss_and_updates
+
+    state, _, source, data_sharding = loop.setup(config, mesh)
+    batch = loop.global_batch(source, config, 0, data_sharding)
+    views = loop.synthetic.views_for(config.data)
+    method = methods.build(config.method)
+
+    @jax.jit
+    def f(state, batch):
+        a, b = views(batch, jax.random.key(3))
+        (loss, _), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(state.params, state, a, b, method)
+        return loss, grads
+
+    return jax.device_get(f(state, batch))

@@ -15,27 +15,12 @@ from jax.sharding import Mesh
 
 from gje_jax import methods
 from gje_jax.train import checkpoint, config_check, loop
-from gje_jax.train.state import loss_and_updates
-from tests.helpers import train_config
+from tests.helpers import loss_and_grads, train_config
 
 
 def check_four_devices_equal_one_device(config):
-    def loss_and_grads(mesh):
-        state, _, source, data_sharding = loop.setup(config, mesh)
-        batch = loop.global_batch(source, config, 0, data_sharding)
-        views = loop.synthetic.views_for(config.data)
-        method = methods.build(config.method)
-
-        @jax.jit
-        def f(state, batch):
-            a, b = views(batch, jax.random.key(3))
-            (loss, _), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(state.params, state, a, b, method)
-            return loss, grads
-
-        return jax.device_get(f(state, batch))
-
-    one = loss_and_grads(Mesh(np.asarray(jax.devices()[:1]), ("data",)))
-    four = loss_and_grads(Mesh(np.asarray(jax.devices()[:4]), ("data",)))
+    one = loss_and_grads(config, Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    four = loss_and_grads(config, Mesh(np.asarray(jax.devices()[:4]), ("data",)))
     assert np.isfinite(one[0])
     np.testing.assert_allclose(four[0], one[0], rtol=1e-5, atol=1e-5)
     for (path, g1), g4 in zip(jax.tree_util.tree_leaves_with_path(one[1]), jax.tree.leaves(four[1])):

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from gje_jax import methods, models
 from gje_jax.train import checkpoint, config_check, loop
 from gje_jax.train.state import loss_and_updates, train_step
-from tests.helpers import train_config
+from tests.helpers import loss_and_grads, train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,19 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _config = train_config
 
 
-def _loss_and_grads(config, mesh):
-    state, _, source, data_sharding = loop.setup(config, mesh)
-    batch = loop.global_batch(source, config, 0, data_sharding)
-    views = loop.synthetic.views_for(config.data)
-    method = methods.build(config.method)
-
-    @jax.jit
-    def f(state, batch):
-        a, b = views(batch, jax.random.key(3))
-        (loss, _), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(state.params, state, a, b, method)
-        return loss, grads
-
-    return jax.device_get(f(state, batch))
+_loss_and_grads = loss_and_grads
 
 
 # Variants beyond each registered method's defaults (those run in test_methods_generic.py).
