@@ -141,23 +141,30 @@ def is_zero(x) -> bool:
     return float(x) == 0.0
 
 
+def range_text(low=None, high=None, low_open=False, high_open=False) -> str:
+    """'[0, 1)'-style text of an interval (an absent bound is an open infinity)."""
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    return f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+
+
 def check_number(x, name: str, *, low=None, high=None, low_open=False, high_open=False):
     """A finite scalar in [low, high] (open ends as asked). Tracers pass (a traced value,
-    e.g. a schedule inside jit, cannot be checked and is not refused)."""
+    e.g. a schedule inside jit, cannot be checked and is not refused). The one range check
+    of the library: loss arguments and declared config settings (gje_jax.settings) use it."""
     if isinstance(x, jax.core.Tracer):
         return x
     try:
         val = float(x)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {x!r}.") from None
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    where = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-    bad = not np.isfinite(val)
-    bad |= low is not None and (val <= low if low_open else val < low)
-    bad |= high is not None and (val >= high if high_open else val > high)
-    if bad:
-        raise ValueError(f"{name} must be finite and in {where}, got {val!r}.")
+    shown = x if isinstance(x, (int, float)) else val
+    if not np.isfinite(val):
+        raise ValueError(f"{name} must be finite, got {shown!r}.")
+    if (low is not None and (val <= low if low_open else val < low)) or (
+        high is not None and (val >= high if high_open else val > high)
+    ):
+        raise ValueError(f"{name} must be in {range_text(low, high, low_open, high_open)}, got {shown!r}.")
     return x
 
 

@@ -13,11 +13,12 @@ Nothing here is traced: configs are checked before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
+
+from gje_jax import _validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,20 +82,13 @@ class Setting:
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if not ok or isinstance(value, bool):
             raise ValueError(f"{path} must be {'an integer' if integer else 'a number'}, got {value!r}.")
-        if not math.isfinite(value):
-            raise ValueError(f"{path} must be finite, got {value!r}.")
-        low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        high_bad = self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        if low_bad or high_bad:
-            raise ValueError(f"{path} must be in {self.range_text()}, got {value!r}.")
+        _validation.check_number(
+            value, path, low=self.low, high=self.high, low_open=self.low_open, high_open=self.high_open
+        )
         return value if integer else float(value)
 
     def range_text(self) -> str:
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
-        left = "(" if self.low_open or self.low is None else "["
-        right = ")" if self.high_open or self.high is None else "]"
-        return f"{left}{lo}, {hi}{right}"
+        return _validation.range_text(self.low, self.high, self.low_open, self.high_open)
 
 
 def number(default: float, doc: str, low=None, high=None, *, low_open=False, high_open=False, when=None) -> Setting:
