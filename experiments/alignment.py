@@ -18,28 +18,28 @@ from __future__ import annotations
 
 import csv
 import os
-import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 
 from gje_jax import fit_gaussian, methods
 from gje_jax.data import synthetic
-from gje_jax.methods import Embeddings
 from gje_jax.mixture import ConditionalMixture
-from gje_jax.models import MLP
 from gje_jax.train import records
 
-# (row label, registry name, method settings): the experiment's choice of variants. A name
-# of None is the deterministic MSE baseline trained here; every other row trains its
-# registered method (an unknown name or setting fails).
+from .configs.common import with_method
+from .runs import train_timed
+
+# (row label, registry name, method settings): the experiment's choice of variants, as data
+# (an unknown name or setting fails). Every row trains through gje_jax.train.loop on the
+# task's pairs, the target view being its own embedding (config.train.model.target).
 # The mixture methods fit p(t | c) by its conditional NLL: with the identity target
 # there is nothing to collapse on the target side, so no geometry term is needed there.
 _COND = {"objective": "conditional", "lambda_geo": 0.0}
 ROWS = (
-    ("predictor (MSE)", None, {}),
+    ("predictor (MSE)", "predictor", {"predictor_loss": "mse", "symmetric": False, "predictor_hidden": (64,)}),
     ("GJE batch, lambda_geo=1", "gje", {"estimator": "batch", "lambda_geo": 1.0}),
     ("GJE ema", "gje", {"estimator": "ema"}),
     ("GJE param", "gje", {"estimator": "param"}),
@@ -51,92 +51,32 @@ ROWS = (
 )
 
 
-def _batches(rng, n, batch, steps):
-    for _ in range(steps):
-        yield rng.integers(0, n, batch)
+def task_train_config(config, task_name: str, name: str, settings: dict):
+    """The train config of one row: config.train on task_name's pairs, method `name` with the
+    experiment's tuning, then the row's settings."""
+    t = ml_collections.ConfigDict(config.train.to_dict())
+    t.data.update(task=task_name, **config.tasks[task_name].to_dict())
+    return with_method(t, name, config.method_tuning, **settings)
 
 
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def train_predictor(config, c, t, seed, progress=True):
-    """The deterministic baseline: MLP c -> t by MSE. Returns predict(c) -> [n, d_t] and
-    the residual variance on the training data (for a post-hoc Gaussian NLL)."""
-    net = MLP(hidden=tuple(config.hidden) + (config.embed_dim,), out_dim=t.shape[1], norm="ln")
-    params = net.init(jax.random.key(seed), c[:2])
-    opt = optax.adam(config.lr)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, opt_state, c, t):
-        loss, grads = jax.value_and_grad(lambda p: jnp.mean(jnp.sum((net.apply(p, c) - t) ** 2, -1)))(params)
-        upd, opt_state = opt.update(grads, opt_state)
-        return optax.apply_updates(params, upd), opt_state, loss
-
-    bar = _progress(config.steps, "predictor", progress)
-    rng = np.random.default_rng(seed)
-    for idx in _batches(rng, len(c), config.batch_size, config.steps):
-        params, opt_state, loss = step(params, opt_state, c[idx], t[idx])
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
-    predict = jax.jit(lambda x: net.apply(params, x))
-    resid = np.asarray(predict(c)) - t
-    return predict, np.mean(resid**2, axis=0)
-
-
-def train_density_method(config, method_config, c, t, seed, progress=True, label=""):
-    """Trains f_c and a registered density method on pairs (c, t) with t as the target
-    embedding. Returns conditional(c) -> ConditionalMixture."""
-    method = methods.build(method_config)
-    enc = MLP(hidden=tuple(config.hidden), out_dim=config.embed_dim, norm="ln")
-    k_enc, k_method = jax.random.split(jax.random.key(seed))
-    params = {"encoder": enc.init(k_enc, c[:2]), "method": None}
-    params["method"], mstate = method.init(k_method, config.embed_dim, t.shape[1])
-    opt = optax.adam(config.lr)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, opt_state, mstate, c, t, key):
-        def objective(p):
-            emb = Embeddings(enc.apply(p["encoder"], c), t)
-            loss, metrics = method.loss(p["method"], mstate, emb)
-            return loss, emb
-
-        (loss, emb), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        upd, opt_state = opt.update(grads, opt_state)
-        params = optax.apply_updates(params, upd)
-        mstate, _ = method.update(mstate, jax.tree.map(jax.lax.stop_gradient, emb), params, key)
-        return params, opt_state, mstate, loss
-
-    bar = _progress(config.steps, label or method_config.name, progress)
-    rng = np.random.default_rng(seed)
-    key = jax.random.key(seed + 1)
-    for i, idx in enumerate(_batches(rng, len(c), config.batch_size, config.steps)):
-        params, opt_state, mstate, loss = step(params, opt_state, mstate, c[idx], t[idx], jax.random.fold_in(key, i))
-        if bar:
-            bar.update(1)
-            if i % 100 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-    if bar:
-        bar.close()
-    if not np.isfinite(float(loss)):
-        raise FloatingPointError(f"{label}: loss is {float(loss)} after {config.steps} steps.")
-    embed = jax.jit(lambda x: enc.apply(params["encoder"], x))
+def conditional_fn(train_config, state, c_train, t_train):
+    """The trained model's prediction for contexts c [n, d_c]: ('density', c -> p(t | c) as a
+    ConditionalMixture), or ('point', c -> [n, d_t]) for a method without a density."""
+    method = methods.build(train_config.method, train_config)
+    params, mstate = state.params["method"], state.method_state
+    embed = jax.jit(state.encode)
     if method.conditional is not None:
-        return lambda x: method.conditional(params["method"], mstate, embed(x))
+        return "density", lambda x: method.conditional(params, mstate, embed(x))
     if method.batch_density:  # the Gaussian of all training embeddings
-        z = jnp.concatenate([embed(c), jnp.asarray(t)], axis=1)
-        density = fit_gaussian(z, method_config.eps_rel, method_config.eps_abs)
+        z = jnp.concatenate([embed(c_train), jnp.asarray(t_train)], axis=1)
+        density = fit_gaussian(z, train_config.method.eps_rel, train_config.method.eps_abs)
+    elif method.density is not None:
+        density = method.density(params, mstate)
+    elif method.predict is not None:
+        return "point", jax.jit(lambda x: method.predict(params, mstate, embed(x)))
     else:
-        density = method.density(params["method"], mstate)
-    return lambda x: density.condition(embed(x), split=density.dim - t.shape[1])
+        raise ValueError(f"method {train_config.method.name!r} predicts nothing a target can be scored against.")
+    return "density", lambda x: density.condition(embed(x), split=density.dim - t_train.shape[1])
 
 
 def evaluate(task, cond: ConditionalMixture, c, t, key, num_samples) -> dict:
@@ -151,52 +91,55 @@ def evaluate(task, cond: ConditionalMixture, c, t, key, num_samples) -> dict:
     }
 
 
-def _predictor_conditional(pred, var):
-    """A point prediction as a one-component ConditionalMixture with the training
-    residual variance (only for the NLL column; its samples are the point itself)."""
+def evaluate_point(task, predict, c_train, t_train, c, t, num_samples) -> dict:
+    """A point prediction, scored as a one-component diagonal Gaussian with the training
+    residual variance (the NLL column only; its samples are the point itself)."""
+    var = np.mean((np.asarray(predict(jnp.asarray(c_train))) - t_train) ** 2, axis=0)
+    pred = np.asarray(predict(jnp.asarray(c)))
     n, d = pred.shape
-    return ConditionalMixture(
+    gauss = ConditionalMixture(
         jnp.zeros((n, 1)), jnp.asarray(pred)[:, None, :], jnp.broadcast_to(jnp.sqrt(var), (n, 1, d)), diagonal=True
     )
+    point = np.repeat(pred[:, None, :], num_samples, axis=1)
+    return {
+        "nll": -float(np.mean(np.asarray(gauss.log_prob(jnp.asarray(t))))),
+        "precision": float(np.mean(task.on_branch(c, point))),
+        "recall": float(np.mean(task.branch_hits(c, point))),
+        "mean_rmse": float(np.sqrt(np.mean(np.sum((pred - task.true_mean(c)) ** 2, -1)))),
+        "cond_std": 0.0,
+    }
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in label.lower()).strip("_")
 
 
 def run_task(config, task_name: str, workdir: str, progress=True) -> list[dict]:
     task = synthetic.make_task(task_name, **config.tasks[task_name].to_dict())
-    rng = np.random.default_rng(config.seed)
-    c, t = task.sample(rng, config.num_train)
-    c_te, t_te = task.sample(np.random.default_rng(config.seed + 1), config.num_test)
+    c_te, t_te = task.sample(np.random.default_rng(config.train.seed + 1), config.num_test)
     truth_nll = -float(np.mean(task.true_log_prob(c_te, t_te)))
     results, conditionals = [], {}
-    key = jax.random.key(config.seed + 2)
-    for label, name, overrides in ROWS:
+    key = jax.random.key(config.train.seed + 2)
+    for label, name, settings in ROWS:
         if config.methods and name not in config.methods and label not in config.methods:
             continue
-        start = time.perf_counter()
+        tc = task_train_config(config, task_name, name, settings)
+        data = synthetic.load(tc.data, tc.seed)
+        c, t = data["c"], data["t"]
         row = {"task": task_name, "method": label}
-        try:
-            if name is None:
-                predict, var = train_predictor(config, c, t, config.seed, progress)
-                pred = np.asarray(predict(c_te))
-                point = np.repeat(pred[:, None, :], config.num_samples, axis=1)
-                nll = -float(np.mean(np.asarray(_predictor_conditional(pred, var).log_prob(jnp.asarray(t_te)))))
-                row.update(
-                    nll=nll,
-                    precision=float(np.mean(task.on_branch(c_te, point))),
-                    recall=float(np.mean(task.branch_hits(c_te, point))),
-                    mean_rmse=float(np.sqrt(np.mean(np.sum((pred - task.true_mean(c_te)) ** 2, -1)))),
-                    cond_std=0.0,
-                )
-                conditionals[label] = ("point", predict)
-            else:
-                mc = methods.tuned(name, config.method_tuning, **overrides)
-                conditional = train_density_method(config, mc, c, t, config.seed, progress, label)
-                row.update(evaluate(task, conditional(jnp.asarray(c_te)), c_te, t_te, key, config.num_samples))
-                conditionals[label] = ("density", conditional)
-        except FloatingPointError as err:  # reported in the table, not hidden
+        state, seconds, error, _ = train_timed(tc, os.path.join(workdir, task_name, _slug(label)), progress=progress)
+        if error:  # a non-finite update: reported in the table, not hidden
             row.update(nll=float("nan"), precision=float("nan"), recall=float("nan"), mean_rmse=float("nan"))
-            row["note"] = str(err)
+            row["note"] = error
+        else:
+            kind, fn = conditional_fn(tc, state, c, t)
+            if kind == "density":
+                row.update(evaluate(task, fn(jnp.asarray(c_te)), c_te, t_te, key, config.num_samples))
+            else:
+                row.update(evaluate_point(task, fn, c, t, c_te, t_te, config.num_samples))
+            conditionals[label] = (kind, fn)
         row["truth_nll"] = truth_nll
-        row["seconds"] = time.perf_counter() - start
+        row["seconds"] = seconds
         results.append(row)
         if progress:
             print(
@@ -204,10 +147,11 @@ def run_task(config, task_name: str, workdir: str, progress=True) -> list[dict]:
                 f"precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
                 f"E[t|c] rmse {row['mean_rmse']:.3f}  ({row['seconds']:.0f} s)"
             )
-    path = os.path.join(workdir, f"alignment_{task_name}.png")
-    plot_task(task, c, t, conditionals, path, config.seed)
-    for r in results:
-        r["figure"] = path
+    if conditionals:
+        path = os.path.join(workdir, f"alignment_{task_name}.png")
+        plot_task(task, c, t, conditionals, path, config.train.seed)
+        for r in results:
+            r["figure"] = path
     return results
 
 
@@ -297,6 +241,9 @@ def write_tables(results: list[dict], workdir: str, command: str) -> tuple[str, 
 
 
 def run(config, workdir: str, progress: bool = True, command: str | None = None) -> list[dict]:
+    """Every task of config.run_tasks, every row of ROWS (or of config.methods): one training
+    run each in workdir/TASK/ROW (resumed where it is already there), then the table in
+    workdir/alignment_results.md and .csv and a figure per task."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
@@ -306,6 +253,6 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
             print(f"task {task_name}:")
         results.extend(run_task(config, task_name, workdir, progress))
     md, csv_path = write_tables(results, workdir, command or "python -m experiments.main")
-    figures = sorted({r["figure"] for r in results})
+    figures = sorted({r["figure"] for r in results if "figure" in r})
     print(f"figures: {', '.join(figures)}\ntable: {md} (and {csv_path})")
     return results

@@ -68,7 +68,7 @@ def main(argv):
     else:
         from gje_jax.train import loop
 
-        loop.train_and_evaluate(config, _WORKDIR.value)
+        loop.train(config, _WORKDIR.value)
 
 
 def _main_with_clear_errors(argv):

@@ -72,7 +72,8 @@ def _define_flags(flag_values=flags.FLAGS, argv=None) -> None:
     )
 
 
-def _load_config_module(path: str):
+def load_config_module(path: str):
+    """The config module at a file path (its get_config and the vision helpers it shares)."""
     spec = importlib.util.spec_from_file_location("_vision_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -164,7 +165,7 @@ def run_method(config, workdir: str, train, test) -> dict:
             print(f"{config.method.name}: collected {eval_path}")
             return row
     t0 = time.perf_counter()
-    state, last = loop.train_and_evaluate(config, workdir)
+    state, last = loop.train(config, workdir)
     seconds = time.perf_counter() - t0
     timing = _timing(workdir, seconds, int(jax.device_get(state.step)))
     row = evaluate(config, state, train, test)
@@ -242,7 +243,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     config_flag = flags.FLAGS["config"]
-    module = _load_config_module(config_flags.get_config_filename(config_flag))
+    module = load_config_module(config_flags.get_config_filename(config_flag))
     names = _FLAGS["methods"].value or list(methods.names())
     size, overrides = _FLAGS["size"].value, config_flags.get_override_values(config_flag)
     base = method_config(module, names[0], size, overrides)

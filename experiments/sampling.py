@@ -157,7 +157,7 @@ def load_vision(config, name: str):
 
     from . import report_vision
 
-    module = report_vision._load_config_module(config.vision_config)
+    module = report_vision.load_config_module(config.vision_config)
     c = report_vision.method_config(module, name, config.vision_size)
     workdir = os.path.join(config.vision_workdir, name)
     data = loop.load_data(c)
@@ -166,7 +166,7 @@ def load_vision(config, name: str):
     mngr = checkpoint.make_manager(workdir, keep=c.keep_checkpoints)
     if mngr.latest_step() != c.num_steps:
         mngr.close()
-        state, _ = loop.train_and_evaluate(c, workdir)
+        state, _ = loop.train(c, workdir)
     else:
         state = checkpoint.restore_or_keep(mngr, state)
         mngr.close()

@@ -6,7 +6,7 @@ Trains each method of config.methods for config.train.num_steps steps in WORKDIR
 (resuming what is there), then reads each run's metrics.jsonl and writes
 WORKDIR/stability.{md,csv} and WORKDIR/stability.png (loss, gradient norm and embedding
 spread against the step). A run that produces a non-finite loss stops with the step
-(train_and_evaluate raises); the report then shows it as failed instead of aborting.
+(train raises); the report then shows it as failed instead of aborting.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 
 import numpy as np
 
 from gje_jax import methods
-from gje_jax.train import loop, records
+from gje_jax.train import records
 
 from .configs.common import with_method
+from .runs import train_timed
 
 # Method diagnostics worth a column, when the method logs them.
 DIAGNOSTICS = ("bank_ess", "gng_nodes", "em_reseeds", "components_used", "effective_rank")
@@ -96,20 +96,7 @@ def run(config, workdir: str, *, command: str = "") -> list[dict]:
     for method in config.methods or methods.names():
         t = with_method(config.train, method, config.method_tuning)
         mdir = os.path.join(workdir, method)
-        error, diverged_at = "", None
-        start = time.perf_counter()
-        try:
-            loop.train_and_evaluate(t, mdir)
-        except FloatingPointError as e:  # a non-finite update: reported, not fatal to the others
-            error = str(e).split(". ")[0]
-            diverged_at = getattr(e, "step", None)
-        seconds = time.perf_counter() - start
-        timing = os.path.join(mdir, "timing.json")
-        if seconds > 5 or not os.path.exists(timing):  # keep the time of the run that trained it
-            with open(timing, "w") as f:
-                json.dump({"seconds": seconds}, f)
-        with open(timing) as f:
-            seconds = json.load(f)["seconds"]
+        _, seconds, error, diverged_at = train_timed(t, mdir)  # a non-finite update: reported, not fatal to the others
         runs[method] = _read_metrics(os.path.join(mdir, "metrics.jsonl"))
         results.append(summarize(method, runs[method], seconds, error, diverged_at))
         r = results[-1]

@@ -6,7 +6,7 @@ Public API: densities (`GaussianMixture`, `ConditionalMixture`), estimators
 (`gje_jax.evaluation`) and metrics of unconditional samples (`gje_jax.sampling_metrics`).
 """
 
-from gje_jax import em, evaluation, gng, linalg, losses, methods, models, resampling, sampling_metrics, settings, smc
+from gje_jax import evaluation, linalg, losses, methods, models, remedies, sampling_metrics, settings
 from gje_jax.gaussian import (
     GaussianStats,
     effective_rank,
@@ -29,6 +29,7 @@ from gje_jax.losses import (
     trace_trap_report,
 )
 from gje_jax.mixture import ConditionalMixture, GaussianMixture, component_log_probs
+from gje_jax.remedies import em, gng, resampling, smc  # also reachable as gje_jax.em etc.
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
     "pooled_ridge",
     "pooled_variance",
     "regularize",
+    "remedies",
     "resampling",
     "sampling_metrics",
     "settings",

@@ -1,9 +1,9 @@
 """The Mahalanobis kernels behind the mixtures (gje_jax.mixture) and the SMC bank
-(gje_jax.smc): chunked whitened distances, their hand-written reverse-mode rules, the
+(gje_jax.remedies.smc): chunked whitened distances, their hand-written reverse-mode rules, the
 per-component log-densities, and the shape checks the densities share.
 
 Package-internal: the public entry points are gje_jax.mixture (GaussianMixture,
-ConditionalMixture, component_log_probs) and gje_jax.smc.
+ConditionalMixture, component_log_probs) and gje_jax.remedies.smc.
 """
 
 from __future__ import annotations

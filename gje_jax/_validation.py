@@ -245,3 +245,14 @@ def check_state_if_concrete(state, name: str) -> None:
     bad = first_nonfinite_leaf(state)
     if bad is not None:
         raise ValueError(f"{name}{bad} contains NaN or Inf.")
+
+
+def check_batch(z, name: str = "z") -> jax.Array:
+    """A batch z [N, D] as a float array, checked (rank 2, N >= 1, D >= 1, finite when concrete)."""
+    z = as_float(z, name)
+    check_rank(z, 2, name, "[N, D]")
+    check_nonempty(z.shape[0], f"{name} (shape {tuple(z.shape)})")
+    if z.shape[1] == 0:
+        raise ValueError(f"{name} must have D >= 1 columns, got shape {tuple(z.shape)}.")
+    check_finite_if_concrete(z, name)
+    return z

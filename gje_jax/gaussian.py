@@ -19,16 +19,6 @@ DEFAULT_EPS_REL = 1e-4
 DEFAULT_EPS_ABS = 1e-6
 
 
-def _check_batch(z, name: str = "z") -> jax.Array:
-    z = v.as_float(z, name)
-    v.check_rank(z, 2, name, "[N, D]")
-    v.check_nonempty(z.shape[0], f"{name} (shape {tuple(z.shape)})")
-    if z.shape[1] == 0:
-        raise ValueError(f"{name} must have D >= 1 columns, got shape {tuple(z.shape)}.")
-    v.check_finite_if_concrete(z, name)
-    return z
-
-
 def empirical_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean [D] and biased covariance S = (1/N) sum (z - mu)(z - mu)^T [D, D] of z [N, D].
 
@@ -37,7 +27,7 @@ def empirical_moments(z: jax.Array) -> tuple[jax.Array, jax.Array]:
       >>> mu.tolist(), cov.tolist()                                # biased: divides by N
       ([1.0, 0.0], [[1.0, 0.0], [0.0, 0.0]])
     """
-    z = _check_batch(z)
+    z = v.check_batch(z)
     mu = jnp.mean(z, axis=0)
     r = z - mu
     return mu, (r.T @ r) / z.shape[0]
@@ -162,7 +152,7 @@ def ledoit_wolf(z: jax.Array) -> tuple[jax.Array, jax.Array]:
       >>> cov.shape, bool(jnp.linalg.eigvalsh(cov).min() > 0), 0.0 <= float(shrinkage) <= 1.0
       ((20, 20), True, True)
     """
-    z = _check_batch(z)
+    z = v.check_batch(z)
     n, d = z.shape
     x = z - jnp.mean(z, axis=0)
     s = (x.T @ x) / n
@@ -203,7 +193,7 @@ def fit_gaussian(
       >>> g.means.shape, g.chols.shape, bool(jnp.allclose(jnp.diag(g.chols[0]), 2.0, atol=0.15))
       ((1, 4), (1, 4, 4), True)
     """
-    z = _check_batch(z)
+    z = v.check_batch(z)
     if shrinkage is None:
         mu, s = empirical_moments(z)
     elif shrinkage == "ledoit_wolf":
@@ -302,7 +292,7 @@ class GaussianStats:
     def update(self, z: jax.Array, momentum: float) -> GaussianStats:
         """EMA step towards the batch moments of z [N, D] (stop-gradient). The first
         update copies the batch moments instead of blending with the identity prior."""
-        z = jax.lax.stop_gradient(_check_batch(z))
+        z = jax.lax.stop_gradient(v.check_batch(z))
         v.check_number(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         if z.shape[1] != self.mean.shape[0]:
             raise ValueError(f"z has D = {z.shape[1]} but the statistics have D = {self.mean.shape[0]}.")

@@ -48,7 +48,7 @@ def loss_and_grads(config, mesh):
 
     from gje_jax import methods
     from gje_jax.train import loop
-    from gje_jax.train.state import loss_and_updates
+    from gje_jax.train.step import loss_and_updates
 
     state, _, source, data_sharding = loop.setup(config, mesh)
     batch = loop.global_batch(source, config, 0, data_sharding)

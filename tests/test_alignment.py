@@ -56,13 +56,14 @@ def test_two_branch_density_against_scipy():
 def _small_alignment(**overrides):
     c = alignment_config.get_config()
     c.unlock()
-    c.num_train, c.num_test, c.steps, c.batch_size, c.num_samples = 4096, 500, 800, 256, 16
+    c.num_test, c.num_samples = 500, 16
+    c.train.data.num_examples, c.train.num_steps, c.train.checkpoint_every, c.train.batch_size = 4096, 800, 800, 256
     for k, v in overrides.items():
         c[k] = v
     return c
 
 
-def test_two_branch_gmje_recovers_modes_predictor_lands_between(tmp_path):
+def test_two_branch_gmje_recovers_modes_predictor_lands_between(tmp_path, one_device):
     config = _small_alignment(methods=("predictor (MSE)", "gje", "gmje"))
     rows = alignment.run(config, str(tmp_path), progress=False)
     by = {r["method"]: r for r in rows}
@@ -80,7 +81,7 @@ def test_two_branch_gmje_recovers_modes_predictor_lands_between(tmp_path):
     assert "| two_branch | GMJE prototypes (SGD) |" in open(tmp_path / "alignment_results.md").read()
 
 
-def test_control_gje_matches_the_true_conditional(tmp_path):
+def test_control_gje_matches_the_true_conditional(tmp_path, one_device):
     config = _small_alignment(methods=("GJE batch, lambda_geo=1",), run_tasks=("control",))
     (row,) = alignment.run(config, str(tmp_path), progress=False)
     # Within 0.05 nats of the true conditional (the README's full-size run: +4 %, 0.009 nats).

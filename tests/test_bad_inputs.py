@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import gje_jax as G
-from gje_jax import em, gng, resampling, sampling_metrics, smc
 from gje_jax import losses as L
+from gje_jax import sampling_metrics
+from gje_jax.remedies import em, gng, resampling, smc
 
 D = 4
 

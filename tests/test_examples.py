@@ -62,7 +62,7 @@ def test_docstring_examples_run(module):
 
 
 def test_examples_need_only_the_top_level_import():
-    """Examples write `gje_jax.smc.update(...)` after `import gje_jax`: every submodule they
+    """Examples write `gje_jax.remedies.smc.update(...)` after `import gje_jax`: every submodule they
     reach that way must be imported by gje_jax itself (checked in a fresh interpreter,
     since this test process has imported everything)."""
     import re

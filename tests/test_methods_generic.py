@@ -29,7 +29,7 @@ def check_four_devices_equal_one_device(config):
 
 
 def check_trains_and_restores(config, workdir):
-    state, last = loop.train_and_evaluate(config, workdir, progress=False)
+    state, last = loop.train(config, workdir, progress=False)
     assert int(state.step) == config.num_steps
     assert all(np.isfinite(v) for k, v in last.items() if isinstance(v, float)), last
     # The newest checkpoint, read back into a zeroed state of the same structure.

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import gje_jax as G
 from gje_jax import losses as L
-from gje_jax import resampling, sampling_metrics
+from gje_jax import sampling_metrics
+from gje_jax.remedies import resampling
 from tests.helpers import random_spd
 from tests.test_bad_inputs import FUNCTIONS, _gm, _with, _z
 

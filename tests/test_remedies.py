@@ -13,8 +13,9 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture as SkGMM
 
-from gje_jax import ConditionalMixture, em, gng, methods
+from gje_jax import ConditionalMixture, methods
 from gje_jax.models import MDNHead
+from gje_jax.remedies import em, gng
 from tests.helpers import random_spd
 
 

@@ -59,12 +59,12 @@ def test_remedy_four_devices_equal_one_device(method, extra):
 def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
     small_bank = {"method.bank_size": 64} if "bank_size" in methods.module(method).SETTINGS else {}
     config = _config(method, num_steps=6, checkpoint_every=3, **small_bank)
-    straight, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    straight, _ = loop.train(config, str(tmp_path), progress=False)
     # The same workdir resumed from its step-3 checkpoint (step 6 is moved aside) trains
     # steps 4-6 again from the restored state: one run fewer than a second workdir.
     with config.unlocked():
         config.resume_from_step = 3
-    resumed, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    resumed, _ = loop.train(config, str(tmp_path), progress=False)
     assert int(resumed.step) == 6 and os.listdir(tmp_path / "checkpoints_discarded") == ["6"]
     for x, y in zip(jax.tree.leaves(resumed.method_state), jax.tree.leaves(straight.method_state)):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=1e-5)

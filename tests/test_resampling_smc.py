@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
-from gje_jax import losses, resampling, smc
+from gje_jax import losses
+from gje_jax.remedies import resampling, smc
 from tests.helpers import random_spd
 
 W = np.array([0.33, 0.02, 0.17, 0.0, 0.25, 0.125, 0.105], np.float64)

@@ -43,7 +43,7 @@ def _restore(config, path, step):
 def test_divergence_saves_the_last_finite_state_and_keeps_every_finite_checkpoint(tmp_path):
     config = _diverging()
     with pytest.raises(FloatingPointError, match=r"The update at step (\d+) gave NaN/Inf, first in \[") as e:
-        loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+        loop.train(config, str(tmp_path / "run"), progress=False)
     bad_step = int(e.value.args[0].split("step ")[1].split(" ")[0])
     assert f"step {bad_step - 1}, is saved" in str(e.value) and "--config.debug=True" in str(e.value)
     _, steps = _restore(config, str(tmp_path / "run"), None)
@@ -53,20 +53,20 @@ def test_divergence_saves_the_last_finite_state_and_keeps_every_finite_checkpoin
         state, _ = _restore(config, str(tmp_path / "run"), step)
         assert checkpoint.first_nonfinite(state) is None
     # ... and equal, bitwise, to a run of the same config stopped just before the bad update.
-    reference, _ = loop.train_and_evaluate(config, str(tmp_path / "ref"), progress=False, stop_after=bad_step - 1)
+    reference, _ = loop.train(config, str(tmp_path / "ref"), progress=False, stop_after=bad_step - 1)
     saved, _ = _restore(config, str(tmp_path / "run"), bad_step - 1)
     for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(saved.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(saved.diverged_at) == -1  # saved as a state that trains on when resumed
     # A rerun resumes from the last finite step and stops at the same update, saving nothing new.
     with pytest.raises(FloatingPointError, match=f"The update at step {bad_step} "):
-        loop.train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+        loop.train(config, str(tmp_path / "run"), progress=False)
     assert _restore(config, str(tmp_path / "run"), None)[1] == steps
     assert not os.path.exists(tmp_path / "run" / workdir.LOCK_NAME)
 
 
 def test_the_step_guard_keeps_the_old_state_from_the_first_bad_update_on():
-    from gje_jax.train.state import guarded_paths, keep_if_finite
+    from gje_jax.train.step import guarded_paths, keep_if_finite
 
     old, *_ = loop.setup(_config("gmje_smc"))
     assert checkpoint.first_nonfinite(old) is None  # an empty bank's -inf log-weights are allowed
@@ -100,13 +100,13 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
         with open(tmp_path / workdir.LOCK_NAME, "w") as f:
             json.dump({"pid": live.pid, "host": os.uname().nodename}, f)
         with pytest.raises(workdir.WorkdirError, match=f"held by pid {live.pid}"):
-            loop.train_and_evaluate(config, str(tmp_path), progress=False)
+            loop.train(config, str(tmp_path), progress=False)
         assert not os.path.exists(tmp_path / "checkpoints")  # refused before writing anything
     finally:
         live.kill()
         live.wait()
     # The owner is gone (as after kill -9): the lock is stale and the run proceeds.
-    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    state, _ = loop.train(config, str(tmp_path), progress=False)
     assert int(state.step) == 4 and not os.path.exists(tmp_path / workdir.LOCK_NAME)
 
 
@@ -118,7 +118,7 @@ def test_two_processes_on_one_workdir_one_is_refused(tmp_path):
         "from gje_jax.train import loop, workdir\n"
         "c = smoke_config(); c.num_steps = 30\n"
         "try:\n"
-        f"    loop.train_and_evaluate(c, {str(tmp_path)!r}, progress=False); print('TRAINED')\n"
+        f"    loop.train(c, {str(tmp_path)!r}, progress=False); print('TRAINED')\n"
         "except workdir.WorkdirError as e:\n"
         "    print('REFUSED', e)\n"
     )
@@ -156,13 +156,13 @@ def _scalar_events(logdir):
 
 def test_resume_after_a_kill_records_each_step_once(tmp_path):
     config = _config("gje", num_steps=20, log_every=1, checkpoint_every=5)
-    loop.train_and_evaluate(config, str(tmp_path), progress=False, stop_after=13)
+    loop.train(config, str(tmp_path), progress=False, stop_after=13)
     # As after kill -9 at step 13: the steps after the last checkpoint (10) were logged.
     import shutil
 
     shutil.rmtree(tmp_path / "checkpoints" / "13")
     first_config = (tmp_path / "config.json").read_text()
-    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    loop.train(config, str(tmp_path), progress=False)
     steps = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")]
     assert steps == list(range(1, 21))
     events = _scalar_events(str(tmp_path / "tb"))
@@ -181,39 +181,39 @@ def test_metrics_are_strict_json():
 
 
 def test_a_resume_with_other_settings_is_recorded_as_a_segment(tmp_path):
-    loop.train_and_evaluate(_config("gje", num_steps=4, log_every=2), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=4, log_every=2), str(tmp_path), progress=False)
     first = (tmp_path / "config.json").read_text()
-    loop.train_and_evaluate(_config("gje", num_steps=6, log_every=2), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=6, log_every=2), str(tmp_path), progress=False)
     assert (tmp_path / "config.json").read_text() == first
     assert json.loads((tmp_path / "config.step4.json").read_text())["num_steps"] == 6
 
 
 def test_checkpoints_without_config_json_are_refused(tmp_path):
-    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     os.remove(tmp_path / "config.json")
     with pytest.raises(workdir.WorkdirError, match="no config.json"):
-        loop.train_and_evaluate(_config("simclr", num_steps=4, log_every=1), str(tmp_path), progress=False)
+        loop.train(_config("simclr", num_steps=4, log_every=1), str(tmp_path), progress=False)
 
 
 @pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", ""])
 def test_garbage_config_json_is_one_clear_error(tmp_path, garbage):
     (tmp_path / "config.json").write_text(garbage)
     with pytest.raises(workdir.WorkdirError, match="config.json"):
-        loop.train_and_evaluate(_config("gje", num_steps=2), str(tmp_path), progress=False)
+        loop.train(_config("gje", num_steps=2), str(tmp_path), progress=False)
 
 
 def test_workdir_that_is_a_file_or_not_writable(tmp_path, monkeypatch):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(workdir.WorkdirError, match="is a file"):
-        loop.train_and_evaluate(_config("gje", num_steps=2), str(f), progress=False)
+        loop.train(_config("gje", num_steps=2), str(f), progress=False)
 
     def read_only(*a, **k):  # root ignores permission bits: inject the error instead
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(workdir.tempfile, "TemporaryFile", read_only)
     with pytest.raises(workdir.WorkdirError, match="not writable .read-only file system"):
-        loop.train_and_evaluate(_config("gje", num_steps=2), str(tmp_path / "ro"), progress=False)
+        loop.train(_config("gje", num_steps=2), str(tmp_path / "ro"), progress=False)
 
 
 def test_disk_full_during_a_save_is_one_clear_error(tmp_path, monkeypatch):
@@ -227,24 +227,24 @@ def test_disk_full_during_a_save_is_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "save", save)
     with pytest.raises(workdir.WorkdirError, match="no space left on the device") as e:
-        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+        loop.train(config, str(tmp_path), progress=False)
     assert "intact" in str(e.value) and not os.path.exists(tmp_path / workdir.LOCK_NAME)
     monkeypatch.setattr(checkpoint, "save", real_save)
-    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)  # space freed: resumes
+    state, _ = loop.train(config, str(tmp_path), progress=False)  # space freed: resumes
     assert int(state.step) == 8
 
 
 def test_corrupt_latest_checkpoint_offers_the_earlier_ones(tmp_path):
     config = _config("gje", num_steps=10, log_every=5, checkpoint_every=5)
-    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    loop.train(config, str(tmp_path), progress=False)
     for p in (tmp_path / "checkpoints" / "10").rglob("*"):
         if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name:
             p.write_bytes(bytes(b ^ 0xFF for b in p.read_bytes()))
     longer = _config("gje", num_steps=15, log_every=5, checkpoint_every=5)
     with pytest.raises(checkpoint.CheckpointError, match=r"step 10 .*Earlier checkpoints: steps \[5\]"):
-        loop.train_and_evaluate(longer, str(tmp_path), progress=False)
+        loop.train(longer, str(tmp_path), progress=False)
     longer.resume_from_step = 5
-    state, _ = loop.train_and_evaluate(longer, str(tmp_path), progress=False)
+    state, _ = loop.train(longer, str(tmp_path), progress=False)
     assert int(state.step) == 15
     assert os.path.isdir(tmp_path / "checkpoints_discarded" / "10")  # moved aside, not deleted
     steps = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")]
@@ -252,9 +252,9 @@ def test_corrupt_latest_checkpoint_offers_the_earlier_ones(tmp_path):
 
 
 def test_resume_from_a_step_that_is_not_there(tmp_path):
-    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     with pytest.raises(checkpoint.CheckpointError, match=r"resume_from_step=7 .*\[2\]"):
-        loop.train_and_evaluate(_config("gje", num_steps=4, resume_from_step=7), str(tmp_path), progress=False)
+        loop.train(_config("gje", num_steps=4, resume_from_step=7), str(tmp_path), progress=False)
 
 
 def test_entry_point_prints_one_clear_error(tmp_path):
@@ -375,8 +375,8 @@ def test_run_records_learning_rate_and_load_run(tmp_path):
     config = _config(
         "gmje", num_steps=8, log_every=1, checkpoint_every=4, **{"optim.warmup_steps": 4, "optim.schedule": "constant"}
     )
-    loop.train_and_evaluate(config, str(tmp_path), progress=False, stop_after=4)
-    trained, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    loop.train(config, str(tmp_path), progress=False, stop_after=4)
+    trained, _ = loop.train(config, str(tmp_path), progress=False)
     recs = [json.loads(x) for x in open(tmp_path / "runs.jsonl")]
     assert [r["start_step"] for r in recs] == [0, 4]
     assert recs[0]["packages"]["jax"] == jax.__version__ and recs[0]["packages"]["flax"]
@@ -405,7 +405,7 @@ def test_a_checkpoint_holding_nan_is_refused_at_start_up(tmp_path):
     """A NaN checkpoint (as versions without the step's guard wrote) is refused naming the
     tensor and the earlier steps, instead of a resume whose every update diverges."""
     config = _config("gje", num_steps=8, log_every=2, checkpoint_every=2)
-    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False, stop_after=4)
+    state, _ = loop.train(config, str(tmp_path), progress=False, stop_after=4)
     flat, tree = jax.tree.flatten(state.params)
     flat[0] = flat[0] * np.nan
     mngr = checkpoint.make_manager(str(tmp_path))
@@ -413,8 +413,8 @@ def test_a_checkpoint_holding_nan_is_refused_at_start_up(tmp_path):
     mngr.wait_until_finished()
     mngr.close()
     with pytest.raises(checkpoint.CheckpointError, match=r"step 6 .* holds NaN/Inf, first in \['params'\].*\[2, 4\]"):
-        loop.train_and_evaluate(config, str(tmp_path), progress=False)
+        loop.train(config, str(tmp_path), progress=False)
     with config.unlocked():
         config.resume_from_step = 4
-    state, _ = loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    state, _ = loop.train(config, str(tmp_path), progress=False)
     assert int(state.step) == 8 and checkpoint.first_nonfinite(state) is None

@@ -16,8 +16,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gje_jax import losses, smc
+from gje_jax import losses
 from gje_jax.mixture import ConditionalMixture, GaussianMixture
+from gje_jax.remedies import smc
 
 N, D, SHARDS = 32, 4, 4
 

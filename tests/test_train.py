@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from gje_jax import methods, models
 from gje_jax.train import checkpoint, config_check, loop
-from gje_jax.train.state import loss_and_updates, train_step
+from gje_jax.train.step import loss_and_updates, train_step
 from tests.helpers import loss_and_grads, train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +70,9 @@ def test_batch_norm_predictor_uses_the_current_batch_statistics(norm):
 
 def test_resume_matches_uninterrupted_run(tmp_path):
     config = _config("gje", **{"method.estimator": "ema", "num_steps": 12, "checkpoint_every": 6})
-    straight, _ = loop.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
-    loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False, stop_after=6)
-    resumed, _ = loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False)
+    straight, _ = loop.train(config, str(tmp_path / "a"), progress=False)
+    loop.train(config, str(tmp_path / "b"), progress=False, stop_after=6)
+    resumed, _ = loop.train(config, str(tmp_path / "b"), progress=False)
     assert int(resumed.step) == 12
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
         np.testing.assert_allclose(x, y, atol=1e-6)
@@ -82,8 +82,8 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 def test_same_seed_gives_identical_metrics(tmp_path):
     config = _config("gmje", num_steps=5, log_every=1)
-    loop.train_and_evaluate(config, str(tmp_path / "a"), progress=False)
-    loop.train_and_evaluate(config, str(tmp_path / "b"), progress=False)
+    loop.train(config, str(tmp_path / "a"), progress=False)
+    loop.train(config, str(tmp_path / "b"), progress=False)
     read = lambda d: [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in rows]
     assert strip(read("a")) == strip(read("b"))
@@ -144,10 +144,10 @@ def test_entry_point_loads_openblas_single_threaded_unless_told(user_value):
 
 
 def test_workdir_of_another_method_is_refused_untouched(tmp_path):
-    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     before = sorted(os.listdir(tmp_path / "checkpoints"))
     with pytest.raises(checkpoint.CheckpointError, match="method.name"):
-        loop.train_and_evaluate(_config("gmje", num_steps=4), str(tmp_path), progress=False)
+        loop.train(_config("gmje", num_steps=4), str(tmp_path), progress=False)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
@@ -168,18 +168,18 @@ def test_target_network_with_the_online_weights_gives_the_online_embeddings(proj
 
 
 def test_model_field_added_after_a_run_keeps_it_resumable(tmp_path):
-    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     # A run written before `model.projector_out_norm` existed: its config.json lacks the key.
     with open(tmp_path / "config.json") as f:
         saved = json.load(f)
     del saved["model"]["projector_out_norm"]
     with open(tmp_path / "config.json", "w") as f:
         json.dump(saved, f)
-    state, _ = loop.train_and_evaluate(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
+    state, _ = loop.train(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
     assert int(state.step) == 4
     # A model field the old run does hold still guards its identity.
     with pytest.raises(checkpoint.CheckpointError, match="config.model"):
-        loop.train_and_evaluate(_config("gje", num_steps=6, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
+        loop.train(_config("gje", num_steps=6, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
 
 
 def test_projector_out_norm_standardises_each_embedding_dimension():
@@ -203,14 +203,14 @@ def test_projector_out_norm_standardises_each_embedding_dimension():
 
 
 def test_incompatible_checkpoint_gives_clear_error(tmp_path):
-    loop.train_and_evaluate(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
+    loop.train(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     # Hide the identity check (a config.json without the model section; a missing file is
     # refused on its own now): the restore itself must fail clearly.
     recorded = json.loads((tmp_path / "config.json").read_text())
     del recorded["model"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     with pytest.raises(checkpoint.CheckpointError, match="different config"):
-        loop.train_and_evaluate(_config("gje", num_steps=4, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
+        loop.train(_config("gje", num_steps=4, **{"model.hidden": (48,)}), str(tmp_path), progress=False)
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
@@ -359,7 +359,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     # The uninterrupted reference runs in this process: the same config, one start-up less.
     straight = tmp_path / "straight"
     config = _config("gje", num_steps=40, checkpoint_every=5, **{"method.estimator": "ema"})
-    loop.train_and_evaluate(config, str(straight), progress=False)
+    loop.train(config, str(straight), progress=False)
     a, b = _restore_params(config, str(killed)), _restore_params(config, str(straight))
     assert int(a.step) == int(b.step) == 40
     for x, y in zip(jax.tree.leaves((a.params, a.method_state)), jax.tree.leaves((b.params, b.method_state))):
@@ -368,7 +368,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 def test_truncated_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
     config = _config("gje", num_steps=2, log_every=1, checkpoint_every=2)
-    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+    loop.train(config, str(tmp_path), progress=False)
     step_dir = tmp_path / "checkpoints" / "2"
     files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name]
     assert files
@@ -377,7 +377,7 @@ def test_truncated_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
         p.write_bytes(data[: len(data) // 2])
     snapshot = {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()}
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
-        loop.train_and_evaluate(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
+        loop.train(_config("gje", num_steps=4, log_every=1), str(tmp_path), progress=False)
     assert {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()} == snapshot
 
 
@@ -385,9 +385,9 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path):
     """A save killed midway leaves orbax's unfinalised temporary directory; resume must
     ignore it, restart from the last complete step and end where an uninterrupted run ends."""
     config = _config("gje", num_steps=4, log_every=1, checkpoint_every=2)
-    straight, _ = loop.train_and_evaluate(config, str(tmp_path / "straight"), progress=False)
+    straight, _ = loop.train(config, str(tmp_path / "straight"), progress=False)
     work = tmp_path / "interrupted"
-    loop.train_and_evaluate(config, str(work), progress=False, stop_after=2)
+    loop.train(config, str(work), progress=False, stop_after=2)
     partial = work / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"
     shutil.copytree(work / "checkpoints" / "2", partial)
     for p in partial.rglob("*"):
@@ -396,7 +396,7 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path):
     mngr = checkpoint.make_manager(str(work))
     assert mngr.latest_step() == 2
     mngr.close()
-    resumed, _ = loop.train_and_evaluate(config, str(work), progress=False)
+    resumed, _ = loop.train(config, str(work), progress=False)
     assert int(resumed.step) == 4
     for x, y in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
         np.testing.assert_allclose(x, y, atol=1e-6)

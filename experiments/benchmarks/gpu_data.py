@@ -61,7 +61,7 @@ def install(src: str, root: str) -> list[str]:
 
     d = _data_config(root)
     for split in ("train", "test"):
-        target = images._cache_path(d, split, 0, 1)
+        target = images.cache_path(d, split, 0, 1)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with np.load(os.path.join(src, f"cifar10_{split}.npz")) as f:
             np.savez(target, image=f["image"], label=f["label"])

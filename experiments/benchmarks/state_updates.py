@@ -16,9 +16,10 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from gje_jax import em, gng, methods, smc
+from gje_jax import methods
 from gje_jax.models import build_network, model_config
-from gje_jax.train.state import make_optimizer
+from gje_jax.remedies import em, gng, smc
+from gje_jax.train.optim import make_optimizer
 
 from ..configs.common import base_config
 from . import common

@@ -23,7 +23,9 @@ import jax  # noqa: E402
 
 from gje_jax import methods  # noqa: E402
 from gje_jax.models import build_network, model_config  # noqa: E402
-from gje_jax.train.state import create_state, make_optimizer, train_step  # noqa: E402
+from gje_jax.train.optim import make_optimizer  # noqa: E402
+from gje_jax.train.state import create_state  # noqa: E402
+from gje_jax.train.step import train_step  # noqa: E402
 
 from ..configs.common import base_config  # noqa: E402
 from . import common  # noqa: E402

@@ -69,8 +69,18 @@ def _builder(d):
     return builder
 
 
-def _cache_path(d, split: str, process_index: int, process_count: int) -> str | None:
-    if not d.cache_dir:
+def cache_path(d, split: str, process_index: int, process_count: int) -> str | None:
+    """Where load_split caches this process's share of `split` as .npz (None without
+    d.cache_dir): one file per dataset, source, split and process share.
+
+    Example:
+      >>> from gje_jax.data import images
+      >>> from ml_collections import ConfigDict
+      >>> d = ConfigDict(dict(name="cifar10", directory="", data_dir="/data", cache_dir="/tmp/c"))
+      >>> images.cache_path(d, "train", 0, 1).startswith("/tmp/c/cifar10-train-"), images.cache_path(dict(cache_dir=""), "train", 0, 1)
+      (True, None)
+    """
+    if not d["cache_dir"]:
         return None
     ident = f"{d.name}|{os.path.abspath(d.directory) if d.directory else d.data_dir}|{split}|{process_index}/{process_count}"
     digest = hashlib.sha1(ident.encode()).hexdigest()[:12]
@@ -91,7 +101,7 @@ def load_split(d, split: str, process_index: int = 0, process_count: int = 1, pr
       >>> data["image"].shape, data["label"].shape                                  # doctest: +SKIP
       ((10000, 32, 32, 3), (10000,))
     """
-    path = _cache_path(d, split, process_index, process_count)
+    path = cache_path(d, split, process_index, process_count)
     if path and os.path.exists(path):
         with np.load(path) as f:
             data = {"image": f["image"], "label": f["label"]}

@@ -56,12 +56,27 @@ def views_for(data_config):
     if data_config.name == "clustered":
         noise = float(data_config.noise)
         return lambda batch, key: clustered_views(batch, key, noise=noise)
+    if data_config.name == "alignment":
+        return pair_views
     raise ValueError(f"config.data.name={data_config.name!r} has no view function.")
 
 
+def pair_views(batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The views of an alignment pair: context c [B, d_c] and target t [B, d_t] as they are.
+
+    Example:
+      >>> from gje_jax.data import synthetic
+      >>> c, t = synthetic.pair_views({"c": jnp.zeros((4, 1)), "t": jnp.ones((4, 2))}, jax.random.key(0))
+      >>> c.shape, t.shape
+      ((4, 1), (4, 2))
+    """
+    return batch["c"], batch["t"]
+
+
 def load(data_config, seed: int) -> dict[str, np.ndarray]:
-    """The in-memory synthetic dataset of config.data ('clustered'): {'x' [n, dim] float32,
-    'label' [n] int32}.
+    """The in-memory synthetic dataset of config.data: 'clustered' -> {'x' [n, dim] float32,
+    'label' [n] int32}; 'alignment' -> the task's pairs {'c' [n, d_c], 't' [n, d_t]} float32,
+    drawn with numpy's generator of `seed`.
 
     Example:
       >>> from gje_jax.data import synthetic
@@ -70,9 +85,14 @@ def load(data_config, seed: int) -> dict[str, np.ndarray]:
       >>> data["x"].shape, data["label"].dtype
       ((8192, 32), dtype('int32'))
     """
-    if data_config.name == "clustered":
-        return make_clustered(seed, data_config.num_examples, data_config.dim, data_config.num_clusters)
-    raise ValueError(f"config.data.name={data_config.name!r} is unknown; valid: ['clustered'].")
+    d = data_config
+    if d.name == "clustered":
+        return make_clustered(seed, d.num_examples, d.dim, d.num_clusters)
+    if d.name == "alignment":
+        task = make_task(d.task, context_dim=d.context_dim, target_dim=d.target_dim, noise=d.noise)
+        c, t = task.sample(np.random.default_rng(seed), d.num_examples)
+        return {"c": c, "t": t}
+    raise ValueError(f"config.data.name={d.name!r} is unknown; valid: ['alignment', 'clustered'].")
 
 
 # ---- multi-modal alignment tasks with a known p(t | c) (METHOD section 10) -------------

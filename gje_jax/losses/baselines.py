@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gje_jax.losses.contrastive import _check_pair, _normalize
+from gje_jax.losses import _common
 
 
 def vicreg_loss(
@@ -29,7 +29,7 @@ def vicreg_loss(
       >>> float(metrics["invariance"]), loss.shape
       (0.0, ())
     """
-    a, b = _check_pair(a, b)
+    a, b = _common.check_pair(a, b)
     n, d = a.shape
     inv = jnp.mean(jnp.sum((a - b) ** 2, axis=-1)) / d
 
@@ -63,7 +63,7 @@ def barlow_twins_loss(
       >>> round(float(metrics["on_diagonal"]), 4)
       0.0
     """
-    a, b = _check_pair(a, b)
+    a, b = _common.check_pair(a, b)
     n, d = a.shape
 
     def standardise(x):
@@ -87,12 +87,12 @@ def predictor_loss(pred: jax.Array, target: jax.Array, *, kind: str = "cosine") 
       >>> float(gje_jax.losses.predictor_loss(x, 3 * x, kind="cosine")[0]), float(gje_jax.losses.predictor_loss(x, x, kind="mse")[0])
       (0.0, 0.0)
     """
-    pred, target = _check_pair(pred, target)
+    pred, target = _common.check_pair(pred, target)
     target = jax.lax.stop_gradient(target)
     if kind == "mse":
         loss = jnp.mean(jnp.sum((pred - target) ** 2, axis=-1))
     elif kind == "cosine":
-        loss = jnp.mean(2.0 - 2.0 * jnp.sum(_normalize(pred) * _normalize(target), axis=-1))
+        loss = jnp.mean(2.0 - 2.0 * jnp.sum(_common.normalize(pred) * _common.normalize(target), axis=-1))
     else:
         raise ValueError(f"kind must be 'mse' or 'cosine', got {kind!r}.")
     return loss, {"loss": loss}

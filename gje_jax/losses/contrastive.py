@@ -7,22 +7,7 @@ import jax.numpy as jnp
 
 from gje_jax import _validation as v
 from gje_jax import linalg
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
-
-
-def _check_pair(c, t):
-    c, t = v.as_float(c, "c"), v.as_float(t, "t")
-    v.check_rank(c, 2, "c", "[N, d]")
-    v.check_rank(t, 2, "t", "[N, d]")
-    if c.shape != t.shape:
-        raise ValueError(f"c and t must have the same shape [N, d], got {tuple(c.shape)} and {tuple(t.shape)}.")
-    v.check_nonempty(c.shape[0], f"c (shape {tuple(c.shape)})")
-    v.check_finite_if_concrete(c, "c")
-    v.check_finite_if_concrete(t, "t")
-    return c, t
+from gje_jax.losses import _common
 
 
 def _cross_entropy_diag(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -59,10 +44,10 @@ def infonce(
       >>> round(float(loss), 3), float(metrics["accuracy"])
       (0.0, 1.0)
     """
-    c, t = _check_pair(c, t)
+    c, t = _common.check_pair(c, t)
     v.check_number(tau, "tau", low=0.0, low_open=True)
     if normalize:
-        c, t = _normalize(c), _normalize(t)
+        c, t = _common.normalize(c), _common.normalize(t)
     logits = (c @ t.T) / tau
     loss, acc = _cross_entropy_diag(logits)
     if symmetric:
@@ -112,7 +97,7 @@ def gmje_contrastive(
       >>> bool(jnp.allclose(a, b, atol=1e-5))
       True
     """
-    c, t = _check_pair(c, t)
+    c, t = _common.check_pair(c, t)
     n, d = c.shape
     if sum(x is not None for x in (tau, covariance, scale_tril)) != 1:
         raise ValueError("Give exactly one of tau, covariance or scale_tril.")
@@ -124,7 +109,7 @@ def gmje_contrastive(
             raise ValueError(f"extra_targets has d = {extra_targets.shape[1]} but c has d = {d}.")
         cands = jnp.concatenate([t, extra_targets], axis=0)
     if normalize:
-        c, cands = _normalize(c), _normalize(cands)
+        c, cands = _common.normalize(c), _common.normalize(cands)
     m = cands.shape[0]
     lw = jnp.zeros((n,), c.dtype) if log_weights is None else v.as_float(log_weights, "log_weights")
     if lw.shape != (n,):

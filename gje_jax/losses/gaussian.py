@@ -217,7 +217,7 @@ def trace_trap_report(
     else:
         c, t = check_views(c, t)
         z = jnp.concatenate([c, t], axis=-1)
-    z = g._check_batch(z)
+    z = v.check_batch(z)
     d = z.shape[1]
 
     def maha_mean(x):

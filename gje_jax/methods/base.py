@@ -68,6 +68,8 @@ class Method:
       whatever embeddings it is asked about; GJE's batch estimator);
     sampler(params, state, key, n, e) -> [n, e] samples of the context marginal, when the
       method has a cheaper way than density(...).marginal(0, e).sample;
+    predict(params, state, c) -> [N, d_t]: a point prediction of the target embedding from
+      context embeddings c [N, d_c] (a deterministic predictor's head); None when absent;
     target_momentum: the EMA momentum of a target network the loss reads (None: none).
 
     Example:
@@ -88,6 +90,7 @@ class Method:
     conditional: Callable[[Any, Any, jax.Array], ConditionalMixture] | None = None
     batch_density: bool = False
     sampler: Callable[[Any, Any, jax.Array, int, int], jax.Array] | None = None
+    predict: Callable[[Any, Any, jax.Array], jax.Array] | None = None
     target_momentum: float | None = None
 
     @property

@@ -3,7 +3,6 @@ embeddings; only the encoder is trained (its loss is the mixture NLL of the batc
 
 from __future__ import annotations
 
-from gje_jax import em
 from gje_jax.methods.base import Method
 from gje_jax.methods.shared import (
     EM_MOMENTUM,
@@ -14,6 +13,7 @@ from gje_jax.methods.shared import (
     geometry_settings,
     mixture_loss,
 )
+from gje_jax.remedies import em
 from gje_jax.settings import nonnegative
 
 TITLE = "GMJE online EM"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from gje_jax import gng
 from gje_jax.methods.base import Method
 from gje_jax.methods.shared import (
     EM_MOMENTUM,
@@ -14,6 +13,7 @@ from gje_jax.methods.shared import (
     geometry_settings,
     mixture_loss,
 )
+from gje_jax.remedies import gng
 from gje_jax.settings import choice, fraction, integer
 
 TITLE = "GMJE-GNG"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gje_jax import gaussian, losses, smc
+from gje_jax import gaussian, losses
 from gje_jax.methods.base import Method
 from gje_jax.methods.shared import MOMENTUM, geometry_settings, target_geometry
 from gje_jax.mixture import GaussianMixture
-from gje_jax.resampling import SCHEMES
+from gje_jax.remedies import smc
+from gje_jax.remedies.resampling import SCHEMES
 from gje_jax.settings import choice, fraction, integer, nonnegative, positive
 
 TITLE = "GMJE SMC bank"

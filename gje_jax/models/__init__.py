@@ -36,6 +36,12 @@ ENCODERS = {
         "hidden": widths((256, 256), "hidden layer widths"),
         "feature_dim": integer(64, "output width of the backbone (the embedding without a projector)"),
         "norm": choice("ln", "norm of the hidden layers: ln | bn | none", ("ln", "bn", "none")),
+        "target": choice(
+            "shared",
+            "the target view's encoder: shared (the same network on both views) | identity (the "
+            "target view is its own embedding, for pairs given in embedding space)",
+            ("shared", "identity"),
+        ),
     },
     "convnet_small": {
         "widths": widths((32, 64, 128, 256), "channels of each stage"),
@@ -127,7 +133,7 @@ def build_network(m) -> Network:
             dtype=dt,
             out_norm=m.projector_out_norm,
         )
-    return Network(BACKBONES[m.encoder](m, dt), proj)
+    return Network(BACKBONES[m.encoder](m, dt), proj, target=m.get("target", "shared"))
 
 
 __all__ = [

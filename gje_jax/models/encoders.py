@@ -272,12 +272,35 @@ class Network(nn.Module):
 
     backbone: nn.Module
     projector: nn.Module | None = None
+    # 'shared': one encoder for both views (siamese). 'identity': the target view is its
+    # own embedding (synthetic pairs whose target is given in embedding space).
+    target: str = "shared"
 
     def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False):
         """-> embedding [B, E], or (embedding, backbone features [B, F]) with return_features."""
         h = self.backbone(x, train=train)
         z = h if self.projector is None else self.projector(h, train=train)
         return (z, h) if return_features else z
+
+    def pair(self, a: jax.Array, b: jax.Array, *, train: bool = False):
+        """Context view a [B, ...], target view b [B, ...] -> (context embedding [B, E_c],
+        target embedding [B, E_t], context backbone features [B, F]).
+
+        Example:
+          >>> net = gje_jax.models.Network(gje_jax.models.MLP(hidden=(16,), out_dim=4), target="identity")
+          >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 5)))
+          >>> [x.shape for x in net.apply(variables, jnp.ones((3, 5)), jnp.ones((3, 2)), method="pair")]
+          [(3, 4), (3, 2), (3, 4)]
+        """
+        if self.target == "identity":
+            z, h = self(a, train=train, return_features=True)
+            return z, b, h
+        if self.target != "shared":
+            raise ValueError(f"Network.target must be 'shared' or 'identity', got {self.target!r}.")
+        # One pass: batch-norm sees both views together.
+        n = a.shape[0]
+        z, h = self(jnp.concatenate([a, b]), train=train, return_features=True)
+        return z[:n], z[n:], h[:n]
 
     def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         return self.backbone(x, train=train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from gje_jax import methods
+from gje_jax.data import synthetic
 from gje_jax.data.augment import RECIPES
 from gje_jax.models import resolve_model
 from gje_jax.settings import resolve
@@ -28,6 +29,22 @@ def _positive(cfg, path: str, integer: bool = False, allow_zero: bool = False):
 
 def _validate_data(config) -> None:
     d = config.data
+    if d.name == "alignment":
+        if d.task not in synthetic.TASKS:
+            raise ValueError(f"config.data.task={d.task!r} is unknown; valid: {sorted(synthetic.TASKS)}.")
+        for path in ("data.num_examples", "data.context_dim", "data.target_dim"):
+            _positive(config, path, integer=True)
+        _positive(config, "data.noise")
+        if config.model.get("target") != "identity":
+            raise ValueError(
+                "config.data.name='alignment' gives pairs whose target is its own embedding: "
+                "set config.model.target='identity'."
+            )
+        if config.batch_size > d.num_examples:
+            raise ValueError(
+                f"config.batch_size={config.batch_size} exceeds config.data.num_examples={d.num_examples}."
+            )
+        return
     if d.name == "clustered":
         for path in ("data.num_examples", "data.dim", "data.num_clusters"):
             _positive(config, path, integer=True)
@@ -84,5 +101,10 @@ def validate(config, num_devices: int = 1) -> None:
         raise ValueError(
             f"config.batch_size={config.batch_size} must be divisible by the number of devices "
             f"({num_devices}) for data parallelism."
+        )
+    if config.model.get("target") == "identity" and config.data.name != "alignment":
+        raise ValueError(
+            f"config.model.target='identity' takes the target view as its own embedding; only "
+            f"config.data.name='alignment' gives such views, not {config.data.name!r}."
         )
     _validate_data(config)

@@ -43,6 +43,26 @@ def clustered_data(**values) -> dict:
     return {"name": "clustered", "num_examples": 8192, "dim": 32, "num_clusters": 8, "noise": 0.1, **values}
 
 
+def alignment_data(task: str = "two_branch", **values) -> dict:
+    """config.data for the pairs (c, t) of a synthetic alignment task (gje_jax.data.synthetic);
+    train them with `model_config('mlp', target='identity')`.
+
+    Example:
+      >>> from gje_jax.train.configs import alignment_data
+      >>> alignment_data("ring", target_dim=2)["target_dim"]
+      2
+    """
+    return {
+        "name": "alignment",
+        "task": task,
+        "num_examples": 8192,
+        "context_dim": 1,
+        "target_dim": 1,
+        "noise": 0.1,
+        **values,
+    }
+
+
 def base_config(method: str = "gje") -> ml_collections.ConfigDict:
     """A train config: the top-level settings, `method`'s settings, clustered data, an MLP
     encoder and AdamW, every value at its default.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 
 from gje_jax.train import checkpoint
-from gje_jax.train.state import guarded_paths
+from gje_jax.train.step import guarded_paths
 
 
 class Diverged(FloatingPointError):

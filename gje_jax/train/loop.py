@@ -19,14 +19,10 @@ from gje_jax.data import ArraySource, augment, batch_indices, images, local_slic
 from gje_jax.models import build_network
 from gje_jax.train import checkpoint, config_check, divergence, records
 from gje_jax.train import workdir as workdir_lib
-from gje_jax.train.divergence import Diverged  # noqa: F401 (raised by train_and_evaluate)
-from gje_jax.train.state import (
-    create_state,
-    make_optimizer,
-    make_schedule,
-    train_step,
-    with_probe_optimizer,
-)
+from gje_jax.train.divergence import Diverged  # noqa: F401 (raised by train)
+from gje_jax.train.optim import make_optimizer, make_schedule, with_probe_optimizer
+from gje_jax.train.state import create_state
+from gje_jax.train.step import train_step
 
 # Fields whose change makes an existing workdir's checkpoints unusable (besides the
 # method's own, methods.identity_fields).
@@ -119,8 +115,8 @@ def global_batch(source: ArraySource, config, step: int, sharding: NamedSharding
 def load_data(config):
     """-> (source, views_fn, num_classes of the online probe (0: none)).
 
-    'clustered' is generated in memory; any other name is an image dataset read through
-    TFDS (gje_jax.data.images), this process's share only.
+    'clustered' and 'alignment' are generated in memory; any other name is an image dataset
+    read through TFDS (gje_jax.data.images), this process's share only.
 
     Example:
       >>> from gje_jax.train.configs import smoke_config
@@ -129,7 +125,7 @@ def load_data(config):
       >>> source.arrays["x"].shape, num_classes
       ((512, 8), 0)
     """
-    if config.data.name == "clustered":
+    if config.data.name in ("clustered", "alignment"):
         data = synthetic.load(config.data, config.seed)
         return ArraySource(data), synthetic.views_for(config.data), 0
     d = config.data
@@ -168,10 +164,16 @@ def setup(config, mesh: Mesh | None = None, data=None):
         tx = with_probe_optimizer(tx, config.data.probe_lr)
     replicated = NamedSharding(mesh, P())
     data_sharding = NamedSharding(mesh, P("data"))
-    example = views_fn({k: jnp.asarray(v[:2]) for k, v in data.items()}, jax.random.key(0))[0]
+    example, example_target = views_fn({k: jnp.asarray(v[:2]) for k, v in data.items()}, jax.random.key(0))
     init = jax.jit(
         functools.partial(
-            create_state, network=network, method=method, example_input=example, tx=tx, num_classes=num_classes
+            create_state,
+            network=network,
+            method=method,
+            example_input=example,
+            tx=tx,
+            num_classes=num_classes,
+            example_target=example_target,
         ),
         out_shardings=replicated,
     )
@@ -259,9 +261,17 @@ def _close_quietly(mngr, bar, writer, metrics_file, failed: bool) -> None:
         except Exception:
             if not failed:
                 raise
+    if failed and writer is not None:
+        # A close that failed (a full disk) leaves tensorboardX's event files open, and its
+        # atexit hook would flush them again and print the same OSError after the run's one
+        # error line. What they held is lost either way; mark them closed.
+        for fw in getattr(writer, "all_writers", {}).values():
+            event_writer = getattr(fw, "event_writer", None)
+            if event_writer is not None and hasattr(event_writer, "_closed"):
+                event_writer._closed = True
 
 
-def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_after: int | None = None):
+def train(config, workdir: str, *, progress: bool = True, stop_after: int | None = None):
     """Trains config.num_steps steps in `workdir`, resuming from its latest checkpoint.
 
     stop_after: stop (with a checkpoint) once this step is reached; for tests of resume.
@@ -273,10 +283,10 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True, stop_afte
       >>> from gje_jax.train import loop
       >>> config = smoke_config()
       >>> workdir = tempfile.mkdtemp()
-      >>> state, last = loop.train_and_evaluate(config, workdir, progress=False, stop_after=10)
+      >>> state, last = loop.train(config, workdir, progress=False, stop_after=10)
       >>> int(state.step), sorted(__import__("os").listdir(workdir))[:2]
       (10, ['checkpoints', 'config.json'])
-      >>> state, last = loop.train_and_evaluate(config, workdir, progress=False)   # resumes at step 10
+      >>> state, last = loop.train(config, workdir, progress=False)   # resumes at step 10
       Resumed from step 10 in ...
       >>> int(state.step) == config.num_steps
       True

@@ -196,7 +196,7 @@ def load_run(workdir: str, step: int | None = None, *, data=None) -> Run:
       >>> from gje_jax.train import loop, records
       >>> config = smoke_config("gmje")
       >>> workdir = tempfile.mkdtemp()
-      >>> _ = loop.train_and_evaluate(config, workdir, progress=False, stop_after=4)
+      >>> _ = loop.train(config, workdir, progress=False, stop_after=4)
       >>> run = records.load_run(workdir)
       >>> int(run.state.step), run.config.method.name, run.density.num_components
       (4, 'gmje', 3)

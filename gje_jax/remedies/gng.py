@@ -36,7 +36,7 @@ class GNGConfig:
     'isotropic' (one shared variance); floor: variance floor of the mixture view.
 
     Example:
-      >>> cfg = gje_jax.gng.GNGConfig(insert_every=50)
+      >>> cfg = gje_jax.remedies.gng.GNGConfig(insert_every=50)
       >>> cfg.eps_b, cfg.insert_every
       (0.2, 50)
     """
@@ -79,7 +79,7 @@ class GNGState:
     initialized [] bool.
 
     Example:
-      >>> state = gje_jax.gng.GNGState.create(capacity=10, dim=2)
+      >>> state = gje_jax.remedies.gng.GNGState.create(capacity=10, dim=2)
       >>> state.capacity, int(state.num_active())
       (10, 0)
     """
@@ -215,8 +215,8 @@ def update(state: GNGState, xs: jax.Array, cfg: GNGConfig = GNGConfig()) -> tupl
     Returns (state, metrics {'gng_nodes', 'gng_edges', 'gng_quantization_error'}).
 
     Example:
-      >>> state = gje_jax.gng.GNGState.create(capacity=12, dim=2)
-      >>> state, metrics = gje_jax.gng.update(state, jax.random.normal(jax.random.key(0), (1000, 2)), gje_jax.gng.GNGConfig(insert_every=100))
+      >>> state = gje_jax.remedies.gng.GNGState.create(capacity=12, dim=2)
+      >>> state, metrics = gje_jax.remedies.gng.update(state, jax.random.normal(jax.random.key(0), (1000, 2)), gje_jax.remedies.gng.GNGConfig(insert_every=100))
       >>> 2 < int(state.num_active()) <= 12, sorted(metrics)[:2]
       (True, ['gng_edges', 'gng_nodes'])
     """
@@ -281,8 +281,8 @@ def mixture(
     the embeddings (see `gje_jax.pooled_variance`); the absolute floor does not.
 
     Example:
-      >>> state, _ = gje_jax.gng.update(gje_jax.gng.GNGState.create(8, 2), jax.random.normal(jax.random.key(0), (256, 2)))
-      >>> gm = gje_jax.gng.mixture(state)                         # inactive nodes: log-weight -inf
+      >>> state, _ = gje_jax.remedies.gng.update(gje_jax.remedies.gng.GNGState.create(8, 2), jax.random.normal(jax.random.key(0), (256, 2)))
+      >>> gm = gje_jax.remedies.gng.mixture(state)                         # inactive nodes: log-weight -inf
       >>> gm.means.shape, int(jnp.isfinite(gm.log_weights).sum()) == int(state.num_active())
       ((8, 2), True)
     """
@@ -311,8 +311,8 @@ def quantization_error(state: GNGState, xs: jax.Array) -> jax.Array:
 
     Example:
       >>> xs = jax.random.normal(jax.random.key(0), (512, 2))
-      >>> state, _ = gje_jax.gng.update(gje_jax.gng.GNGState.create(8, 2), xs, gje_jax.gng.GNGConfig(insert_every=50))
-      >>> float(gje_jax.gng.quantization_error(state, xs)) < float(jnp.mean(jnp.sum(xs**2, 1)))   # beats one node at 0
+      >>> state, _ = gje_jax.remedies.gng.update(gje_jax.remedies.gng.GNGState.create(8, 2), xs, gje_jax.remedies.gng.GNGConfig(insert_every=50))
+      >>> float(gje_jax.remedies.gng.quantization_error(state, xs)) < float(jnp.mean(jnp.sum(xs**2, 1)))   # beats one node at 0
       True
     """
     xs = v.as_float(xs, "xs")

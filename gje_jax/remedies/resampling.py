@@ -45,7 +45,7 @@ def normalized_weights(log_weights: jax.Array) -> jax.Array:
     """softmax(log_weights): [M] -> [M], summing to one.
 
     Example:
-      >>> gje_jax.resampling.normalized_weights(jnp.log(jnp.array([1.0, 3.0]))).round(4).tolist()
+      >>> gje_jax.remedies.resampling.normalized_weights(jnp.log(jnp.array([1.0, 3.0]))).round(4).tolist()
       [0.25, 0.75]
     """
     return jax.nn.softmax(_check(log_weights, 1))
@@ -56,7 +56,7 @@ def ess(log_weights: jax.Array) -> jax.Array:
     domain: exp(2 logsumexp(l) - logsumexp(2 l)). [M] -> [] in [1, M].
 
     Example:
-      >>> float(gje_jax.resampling.ess(jnp.zeros(8))), round(float(gje_jax.resampling.ess(jnp.array([0.0, -jnp.inf, -jnp.inf]))), 4)
+      >>> float(gje_jax.remedies.resampling.ess(jnp.zeros(8))), round(float(gje_jax.remedies.resampling.ess(jnp.array([0.0, -jnp.inf, -jnp.inf]))), 4)
       (8.0, 1.0)
     """
     lw = _check(log_weights, 1)
@@ -80,7 +80,7 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     """num i.i.d. indices from Cat(softmax(log_weights)). -> [num] int32.
 
     Example:
-      >>> idx = gje_jax.resampling.multinomial(jax.random.key(0), jnp.array([0.0, -jnp.inf, 0.0]), 6)
+      >>> idx = gje_jax.remedies.resampling.multinomial(jax.random.key(0), jnp.array([0.0, -jnp.inf, 0.0]), 6)
       >>> idx.shape, bool(jnp.all(idx != 1))                      # zero weights are never drawn
       ((6,), True)
     """
@@ -94,7 +94,7 @@ def stratified(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     """u_i = (i + U_i) / num with independent U_i ~ U[0, 1). -> [num] int32 (sorted).
 
     Example:
-      >>> idx = gje_jax.resampling.stratified(jax.random.key(0), jnp.log(jnp.array([0.5, 0.5])), 8)
+      >>> idx = gje_jax.remedies.resampling.stratified(jax.random.key(0), jnp.log(jnp.array([0.5, 0.5])), 8)
       >>> idx.shape, bool(jnp.all(jnp.diff(idx) >= 0))            # sorted
       ((8,), True)
     """
@@ -110,7 +110,7 @@ def systematic(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     -> [num] int32 (sorted).
 
     Example:
-      >>> idx = gje_jax.resampling.systematic(jax.random.key(3), jnp.log(jnp.array([0.7, 0.2, 0.1])), 10)
+      >>> idx = gje_jax.remedies.resampling.systematic(jax.random.key(3), jnp.log(jnp.array([0.7, 0.2, 0.1])), 10)
       >>> jnp.bincount(idx, length=3).tolist()                     # each count floor or ceil of 10 w
       [7, 2, 1]
     """
@@ -124,7 +124,7 @@ def residual_counts(log_weights: jax.Array, num: int) -> jax.Array:
     """The deterministic part of residual resampling: floor(num * w_m). [M] -> [M] int32.
 
     Example:
-      >>> gje_jax.resampling.residual_counts(jnp.log(jnp.array([0.55, 0.45])), 4).tolist()
+      >>> gje_jax.remedies.resampling.residual_counts(jnp.log(jnp.array([0.55, 0.45])), 4).tolist()
       [2, 1]
     """
     lw = _check(log_weights, num)
@@ -138,7 +138,7 @@ def residual(key: jax.Array, log_weights: jax.Array, num: int) -> jax.Array:
     weights num * w_m - floor(num * w_m) for the remaining slots. -> [num] int32.
 
     Example:
-      >>> idx = gje_jax.resampling.residual(jax.random.key(0), jnp.log(jnp.array([0.5, 0.3, 0.2])), 10)
+      >>> idx = gje_jax.remedies.resampling.residual(jax.random.key(0), jnp.log(jnp.array([0.5, 0.3, 0.2])), 10)
       >>> jnp.bincount(idx, length=3).tolist()                     # floor(10 w) each, exactly
       [5, 3, 2]
     """
@@ -171,7 +171,7 @@ def get_scheme(name: str):
     """The resampling function named `name` (one of SCHEMES).
 
     Example:
-      >>> fn = gje_jax.resampling.get_scheme("systematic")
+      >>> fn = gje_jax.remedies.resampling.get_scheme("systematic")
       >>> fn(jax.random.key(0), jnp.log(jnp.array([0.5, 0.25, 0.25])), 4).tolist()
       [0, 0, 1, 2]
     """

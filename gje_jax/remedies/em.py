@@ -27,7 +27,7 @@ class EMState:
     initialized [] bool; num_reseeded [] int32 (cumulative, for logging).
 
     Example:
-      >>> state = gje_jax.em.EMState.create(jax.random.key(0), num_components=3, dim=2)
+      >>> state = gje_jax.remedies.em.EMState.create(jax.random.key(0), num_components=3, dim=2)
       >>> state.means.shape, bool(state.initialized)
       ((3, 2), False)
     """
@@ -75,7 +75,7 @@ def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
 
     Example:
       >>> z = jnp.concatenate([jnp.zeros((50, 2)), 10 + jnp.zeros((50, 2))])
-      >>> idx = gje_jax.em.kmeans_plus_plus(jax.random.key(0), z, 2)   # indices into z
+      >>> idx = gje_jax.remedies.em.kmeans_plus_plus(jax.random.key(0), z, 2)   # indices into z
       >>> sorted(z[idx, 0].tolist())                               # one seed per cluster
       [0.0, 10.0]
     """
@@ -169,8 +169,8 @@ def update(
 
     Example:
       >>> z = jnp.concatenate([jax.random.normal(jax.random.key(0), (256, 2)) - 5, jax.random.normal(jax.random.key(1), (256, 2)) + 5])
-      >>> state = gje_jax.em.EMState.create(jax.random.key(2), num_components=2, dim=2)
-      >>> update = jax.jit(gje_jax.em.update, static_argnames="momentum")
+      >>> state = gje_jax.remedies.em.EMState.create(jax.random.key(2), num_components=2, dim=2)
+      >>> update = jax.jit(gje_jax.remedies.em.update, static_argnames="momentum")
       >>> for i in range(10):
       ...     state, metrics = update(state, z, jax.random.key(i), momentum=0.5)
       >>> sorted(jnp.round(state.means[:, 0]).tolist())

@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gje_jax import _validation as v
-from gje_jax import linalg, resampling
+from gje_jax import linalg
 from gje_jax._mahalanobis import map_over_rows
 from gje_jax.gaussian import regularize
+from gje_jax.remedies import resampling
 
 # Bound on rows * M elements of one distance block ([rows, M] float32, 16 MiB).
 KDE_CHUNK_ELEMENTS = 1 << 22
@@ -35,8 +36,8 @@ class ParticleBank:
     insertion or resampling); num_resamples [] int32 (a counter, for logging).
 
     Example:
-      >>> bank = gje_jax.smc.ParticleBank.empty(capacity=8, dim=2)
-      >>> bank = gje_jax.smc.insert(bank, jnp.ones((3, 2)))
+      >>> bank = gje_jax.remedies.smc.ParticleBank.empty(capacity=8, dim=2)
+      >>> bank = gje_jax.remedies.smc.insert(bank, jnp.ones((3, 2)))
       >>> int(bank.size()), float(bank.ess())
       (3, 3.0)
     """
@@ -92,7 +93,7 @@ def silverman_factor(num: int, dim: int) -> float:
     H = factor * Cov for a KDE of M points in D dimensions.
 
     Example:
-      >>> round(gje_jax.smc.silverman_factor(num=1000, dim=1), 4)   # (4 / (3 n))^(2/5) for D = 1
+      >>> round(gje_jax.remedies.smc.silverman_factor(num=1000, dim=1), 4)   # (4 / (3 n))^(2/5) for D = 1
       0.0708
     """
     return float((4.0 / ((dim + 2) * num)) ** (2.0 / (dim + 4)))
@@ -147,7 +148,7 @@ def kernel_log_prob(
       [N] float32.
 
     Example:
-      >>> lp = gje_jax.smc.kernel_log_prob(jnp.zeros((1, 2)), jnp.zeros((5, 2)), None, jnp.eye(2))
+      >>> lp = gje_jax.remedies.smc.kernel_log_prob(jnp.zeros((1, 2)), jnp.zeros((5, 2)), None, jnp.eye(2))
       >>> round(float(lp[0]), 4)                                   # log N(0 | 0, I) = -log(2 pi)
       -1.8379
     """
@@ -185,7 +186,7 @@ def kernel_conditional_log_prob(
 
     Example:
       >>> centres = jnp.array([[0.0, 0.0], [1.0, 1.0]])
-      >>> lp = gje_jax.smc.kernel_conditional_log_prob(jnp.zeros((3, 1)), jnp.zeros((3, 1)), centres, None, 0.1 * jnp.eye(2), split=1)
+      >>> lp = gje_jax.remedies.smc.kernel_conditional_log_prob(jnp.zeros((3, 1)), jnp.zeros((3, 1)), centres, None, 0.1 * jnp.eye(2), split=1)
       >>> lp.shape
       (3,)
     """
@@ -211,8 +212,8 @@ def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_ab
     """Cholesky factor of Silverman's kernel H = factor(num, D) * (cov + eps I). [D, D].
 
     Example:
-      >>> L = gje_jax.smc.kernel_scale_tril(jnp.eye(2), num=100)
-      >>> bool(jnp.allclose(L, jnp.sqrt(gje_jax.smc.silverman_factor(100, 2)) * jnp.eye(2), atol=1e-3))
+      >>> L = gje_jax.remedies.smc.kernel_scale_tril(jnp.eye(2), num=100)
+      >>> bool(jnp.allclose(L, jnp.sqrt(gje_jax.remedies.smc.silverman_factor(100, 2)) * jnp.eye(2), atol=1e-3))
       True
     """
     d = cov.shape[-1]
@@ -230,8 +231,8 @@ def reweight(
     nats, so with tempering = 1 one particle takes all the weight at every step.
 
     Example:
-      >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(2, 1), jnp.array([[0.0], [5.0]]))
-      >>> bank = gje_jax.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1))       # the batch sits at 0
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(2, 1), jnp.array([[0.0], [5.0]]))
+      >>> bank = gje_jax.remedies.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1))       # the batch sits at 0
       >>> bool(bank.log_weights[0] > bank.log_weights[1]), float(bank.ess()) < 2.0
       (True, True)
     """
@@ -258,9 +259,9 @@ def resample(
     slots are filled by insertion first). Returns (bank, resampled [] bool).
 
     Example:
-      >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(4, 1), jnp.arange(4.0)[:, None])
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(4, 1), jnp.arange(4.0)[:, None])
       >>> bank = bank.replace(log_weights=jnp.array([0.0, -30.0, -30.0, -30.0]))   # ESS ~ 1 < 0.5 * 4
-      >>> new, resampled = gje_jax.smc.resample(bank, jax.random.key(0), scheme="systematic", ess_threshold=0.5)
+      >>> new, resampled = gje_jax.remedies.smc.resample(bank, jax.random.key(0), scheme="systematic", ess_threshold=0.5)
       >>> bool(resampled), new.particles[:, 0].tolist(), float(new.ess())
       (True, [0.0, 0.0, 0.0, 0.0], 4.0)
     """
@@ -292,8 +293,8 @@ def insert(bank: ParticleBank, z: jax.Array) -> ParticleBank:
     bank), then all weights are renormalised. Every particle ages by one step.
 
     Example:
-      >>> bank = gje_jax.smc.insert(gje_jax.smc.ParticleBank.empty(6, 2), jnp.zeros((4, 2)))
-      >>> bank = gje_jax.smc.insert(bank, jnp.ones((4, 2)))         # 2 empty slots, then 2 lowest weights
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(6, 2), jnp.zeros((4, 2)))
+      >>> bank = gje_jax.remedies.smc.insert(bank, jnp.ones((4, 2)))         # 2 empty slots, then 2 lowest weights
       >>> int(bank.size()), int((bank.particles[:, 0] == 1.0).sum())
       (6, 4)
     """
@@ -335,9 +336,9 @@ def update(
     ESS is low, insert. Returns (bank, metrics {'bank_ess', 'bank_size', 'resampled'}).
 
     Example:
-      >>> bank = gje_jax.smc.ParticleBank.empty(16, 2)
+      >>> bank = gje_jax.remedies.smc.ParticleBank.empty(16, 2)
       >>> for i in range(3):
-      ...     bank, metrics = gje_jax.smc.update(bank, jax.random.normal(jax.random.key(i), (8, 2)), jax.random.key(9), jnp.eye(2))
+      ...     bank, metrics = gje_jax.remedies.smc.update(bank, jax.random.normal(jax.random.key(i), (8, 2)), jax.random.key(9), jnp.eye(2))
       >>> int(bank.size()), sorted(metrics)[:2]
       (16, ['bank_ess', 'bank_size'])
     """
