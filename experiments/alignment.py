@@ -32,31 +32,14 @@ from gje_jax.train import records
 from .configs.common import with_method
 from .runs import train_timed
 
-# (row label, registry name, method settings): the experiment's choice of variants, as data
-# (an unknown name or setting fails). Every row trains through gje_jax.train.loop on the
-# task's pairs, the target view being its own embedding (config.train.model.target).
-# The mixture methods fit p(t | c) by its conditional NLL: with the identity target
-# there is nothing to collapse on the target side, so no geometry term is needed there.
-_COND = {"objective": "conditional", "lambda_geo": 0.0}
-ROWS = (
-    ("predictor (MSE)", "predictor", {"predictor_loss": "mse", "symmetric": False, "predictor_hidden": (64,)}),
-    ("GJE batch, lambda_geo=1", "gje", {"estimator": "batch", "lambda_geo": 1.0}),
-    ("GJE ema", "gje", {"estimator": "ema"}),
-    ("GJE param", "gje", {"estimator": "param"}),
-    ("GMJE prototypes (SGD)", "gmje", _COND),
-    ("GMJE online EM", "gmje_em", _COND),
-    ("GMJE-MDN", "gmje_mdn", {"lambda_geo": 0.0}),
-    ("GMJE-GNG", "gmje_gng", _COND),
-    ("GMJE SMC bank", "gmje_smc", {"lambda_geo": 0.0}),
-)
 
-
-def task_train_config(config, task_name: str, name: str, settings: dict):
-    """The train config of one row: config.train on task_name's pairs, method `name` with the
-    experiment's tuning, then the row's settings."""
+def task_train_config(config, task_name: str, settings: dict):
+    """The train config of one row: config.train on task_name's pairs, the method
+    settings['name'] with the experiment's tuning, then the row's settings."""
     t = ml_collections.ConfigDict(config.train.to_dict())
     t.data.update(task=task_name, **config.tasks[task_name].to_dict())
-    return with_method(t, name, config.method_tuning, **settings)
+    settings = dict(settings)
+    return with_method(t, settings.pop("name"), config.method_tuning, **settings)
 
 
 def conditional_fn(train_config, state, c_train, t_train):
@@ -120,10 +103,10 @@ def run_task(config, task_name: str, workdir: str, progress=True) -> list[dict]:
     truth_nll = -float(np.mean(task.true_log_prob(c_te, t_te)))
     results, conditionals = [], {}
     key = jax.random.key(config.train.seed + 2)
-    for label, name, settings in ROWS:
-        if config.methods and name not in config.methods and label not in config.methods:
+    for label, settings in config.rows:
+        if config.methods and settings["name"] not in config.methods and label not in config.methods:
             continue
-        tc = task_train_config(config, task_name, name, settings)
+        tc = task_train_config(config, task_name, settings)
         data = synthetic.load(tc.data, tc.seed)
         c, t = data["c"], data["t"]
         row = {"task": task_name, "method": label}
@@ -241,7 +224,8 @@ def write_tables(results: list[dict], workdir: str, command: str) -> tuple[str, 
 
 
 def run(config, workdir: str, progress: bool = True, command: str | None = None) -> list[dict]:
-    """Every task of config.run_tasks, every row of ROWS (or of config.methods): one training
+    """Every task of config.run_tasks, every row of config.rows (or those config.methods
+    selects): one training
     run each in workdir/TASK/ROW (resumed where it is already there), then the table in
     workdir/alignment_results.md and .csv and a figure per task."""
     os.makedirs(workdir, exist_ok=True)

@@ -39,7 +39,6 @@ from ml_collections import config_flags  # noqa: E402
 
 from gje_jax import evaluation, methods  # noqa: E402
 from gje_jax.data import augment, images  # noqa: E402
-from gje_jax.models import build_network  # noqa: E402
 from gje_jax.train import loop, records  # noqa: E402
 
 _FLAGS = {}
@@ -101,12 +100,8 @@ def method_config(module, method: str, size: str, overrides=None):
 def feature_fn(config, state):
     """uint8 images [b, H, W, C] -> backbone features [b, F] (eval mode, no augmentation)."""
     d = config.data
-    network = build_network(config.model)
     transform = augment.make_eval_transform(augment.get_recipe(d.augment).size, d.mean, d.std)
-    variables = {"params": state.params["encoder"]}
-    if jax.tree.leaves(state.batch_stats):
-        variables["batch_stats"] = state.batch_stats
-    return lambda x: network.apply(variables, transform(x), train=False, method=network.features)
+    return lambda x: state.encode(transform(x), features=True)
 
 
 def evaluate(config, state, train, test) -> dict:
@@ -168,7 +163,8 @@ def run_method(config, workdir: str, train, test) -> dict:
     state, last = loop.train(config, workdir)
     seconds = time.perf_counter() - t0
     timing = _timing(workdir, seconds, int(jax.device_get(state.step)))
-    row = evaluate(config, state, train, test)
+    # Evaluates what the workdir holds (its latest checkpoint), as a later reader would.
+    row = evaluate(config, records.load_run(workdir).state, train, test)
     row.update(
         method=config.method.name,
         num_steps=config.num_steps,

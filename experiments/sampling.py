@@ -37,16 +37,9 @@ from gje_jax.train import checkpoint, loop, records
 from .configs.common import with_method
 
 
-def _encoder_fn(state):
-    variables = {"params": state.params["encoder"]}
-    if jax.tree.leaves(state.batch_stats):
-        variables["batch_stats"] = state.batch_stats
-    return jax.jit(lambda x: state.apply_fn(variables, x, train=False))
-
-
 def view_embeddings(state, views_fn, arrays: dict, key, batch: int = 500):
     """Embeddings [N, E] of both views (as made in training) -> (a, b), in batches."""
-    enc = _encoder_fn(state)
+    enc = jax.jit(state.encode)
     views = jax.jit(views_fn)
     n = len(next(iter(arrays.values())))
     a, b = [], []

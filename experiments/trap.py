@@ -50,11 +50,7 @@ def run_one(train_config, eval_every: int, num_eval: int, progress: bool, label:
 
     @jax.jit
     def diagnose(state):
-        variables = {"params": state.params["encoder"]}
-        if jax.tree.leaves(state.batch_stats):
-            variables["batch_stats"] = state.batch_stats
-        a = state.apply_fn(variables, a_in, train=False)
-        b = state.apply_fn(variables, b_in, train=False)
+        a, b = state.encode(a_in), state.encode(b_in)
         rep = trace_trap_report(a, b, eps_rel=eps[0], eps_abs=eps[1])
         _, cov_a = empirical_moments(a)
         return {

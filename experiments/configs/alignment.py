@@ -29,7 +29,23 @@ def get_config(arg: str = ""):
         ring=dict(context_dim=1, target_dim=2, noise=0.1),
         control=dict(context_dim=1, target_dim=1, noise=0.3),
     )
-    c.methods = ()  # rows to run, by label or registry name; empty: every row of experiments/alignment.py's ROWS
+    # (row label, method settings): the experiment's choice of variants, each checked against
+    # its method's settings (an unknown method or setting fails). The mixture methods fit
+    # p(t | c) by its conditional NLL: with the identity target there is nothing to collapse
+    # on the target side, so no geometry term is needed there.
+    cond = dict(objective="conditional", lambda_geo=0.0)
+    c.rows = (
+        ("predictor (MSE)", dict(name="predictor", predictor_loss="mse", symmetric=False, predictor_hidden=(64,))),
+        ("GJE batch, lambda_geo=1", dict(name="gje", estimator="batch", lambda_geo=1.0)),
+        ("GJE ema", dict(name="gje", estimator="ema")),
+        ("GJE param", dict(name="gje", estimator="param")),
+        ("GMJE prototypes (SGD)", dict(name="gmje", **cond)),
+        ("GMJE online EM", dict(name="gmje_em", **cond)),
+        ("GMJE-MDN", dict(name="gmje_mdn", lambda_geo=0.0)),
+        ("GMJE-GNG", dict(name="gmje_gng", **cond)),
+        ("GMJE SMC bank", dict(name="gmje_smc", lambda_geo=0.0)),
+    )
+    c.methods = ()  # rows to run, by label or registry name; empty: every row of c.rows
     c.num_test = 2000
     c.num_samples = 32
     # The training of every row: f_c an MLP whose 2-D output is the context embedding, the
