@@ -48,8 +48,9 @@ def conditional_fn(train_config, state, c_train, t_train):
     method = methods.build(train_config.method, train_config)
     params, mstate = state.params["method"], state.method_state
     embed = jax.jit(state.encode)
+    # Jitted: evaluated eagerly, op by op, the conditionals cost more than the training.
     if method.conditional is not None:
-        return "density", lambda x: method.conditional(params, mstate, embed(x))
+        return "density", jax.jit(lambda x: method.conditional(params, mstate, embed(x)))
     if method.batch_density:  # the Gaussian of all training embeddings
         z = jnp.concatenate([embed(c_train), jnp.asarray(t_train)], axis=1)
         density = fit_gaussian(z, train_config.method.eps_rel, train_config.method.eps_abs)
@@ -59,18 +60,25 @@ def conditional_fn(train_config, state, c_train, t_train):
         return "point", jax.jit(lambda x: method.predict(params, mstate, embed(x)))
     else:
         raise ValueError(f"method {train_config.method.name!r} predicts nothing a target can be scored against.")
-    return "density", lambda x: density.condition(embed(x), split=density.dim - t_train.shape[1])
+    split = density.dim - t_train.shape[1]
+    return "density", jax.jit(lambda x: density.condition(embed(x), split=split))
+
+
+@jax.jit(static_argnames="num_samples")
+def _summaries(cond: ConditionalMixture, t, key, num_samples: int):
+    """(samples [n, S, d_t], E[t | c] [n, d_t], log p(t | c) [n], predictive std [n, d_t])."""
+    std = jnp.sqrt(jnp.diagonal(cond.covariance(), axis1=1, axis2=2))
+    return cond.sample(key, num_samples), cond.mean(), cond.log_prob(t), std
 
 
 def evaluate(task, cond: ConditionalMixture, c, t, key, num_samples) -> dict:
-    samples = np.asarray(cond.sample(key, num_samples))
-    mean = np.asarray(cond.mean())
+    samples, mean, log_prob, std = jax.device_get(_summaries(cond, jnp.asarray(t), key, num_samples))
     return {
-        "nll": -float(np.mean(np.asarray(cond.log_prob(jnp.asarray(t))))),
+        "nll": -float(np.mean(log_prob)),
         "precision": float(np.mean(task.on_branch(c, samples))),
         "recall": float(np.mean(task.branch_hits(c, samples))),
         "mean_rmse": float(np.sqrt(np.mean(np.sum((mean - task.true_mean(c)) ** 2, axis=-1)))),
-        "cond_std": float(np.mean(np.sqrt(np.diagonal(np.asarray(cond.covariance()), axis1=1, axis2=2)))),
+        "cond_std": float(np.mean(std)),
     }
 
 

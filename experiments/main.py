@@ -87,10 +87,11 @@ def _main_with_clear_errors(argv):
     # ... and tensorstore also prints tracebacks of such callbacks straight to sys.stderr from
     # its threads: writes to stderr from any thread but the main one wait behind the error.
     default_stderr, sys.stderr = sys.stderr, _MainThreadStderr(sys.stderr, held)
+    failed = False
     try:
         main(argv)
     except (WorkdirError, CheckpointError, FloatingPointError) as e:
-        held.active = False
+        failed = True
         print(f"error: {e}", file=default_stderr)
         if held.records or held.writes:
             first = (held.records[0].getMessage() if held.records else "".join(held.writes).strip()).splitlines()
@@ -102,9 +103,12 @@ def _main_with_clear_errors(argv):
             )
         sys.exit(1)
     finally:
-        held.active = False
-        sys.excepthook, threading.excepthook = default_hook, default_thread_hook
-        sys.stderr = default_stderr
+        if not failed:
+            held.active = False
+            sys.excepthook, threading.excepthook = default_hook, default_thread_hook
+            sys.stderr = default_stderr
+        # else: the process is exiting on its error line. Threads still winding down (a
+        # tensorboardX writer whose queue closed under it) stay held back: nothing after it.
     held.replay()
 
 

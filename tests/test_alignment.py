@@ -53,18 +53,19 @@ def test_two_branch_density_against_scipy():
         synthetic.make_task("ring", target_dim=1)
 
 
-def _small_alignment(**overrides):
+def _small_alignment(num_steps=800, **overrides):
     c = alignment_config.get_config()
     c.unlock()
     c.num_test, c.num_samples = 500, 16
-    c.train.data.num_examples, c.train.num_steps, c.train.checkpoint_every, c.train.batch_size = 4096, 800, 800, 256
+    c.train.data.num_examples, c.train.batch_size = 4096, 256
+    c.train.num_steps = c.train.checkpoint_every = num_steps
     for k, v in overrides.items():
         c[k] = v
     return c
 
 
 def test_two_branch_gmje_recovers_modes_predictor_lands_between(tmp_path, one_device):
-    config = _small_alignment(methods=("predictor (MSE)", "gje", "gmje"))
+    config = _small_alignment(600, methods=("predictor (MSE)", "gje", "gmje"))
     rows = alignment.run(config, str(tmp_path), progress=False)
     by = {r["method"]: r for r in rows}
     gmje = by["GMJE prototypes (SGD)"]

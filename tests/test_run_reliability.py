@@ -367,7 +367,7 @@ def test_checkpoints_without_the_divergence_record_still_restore(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_run_records_learning_rate_and_load_run(tmp_path):
+def test_run_records_learning_rate_and_load_run(tmp_path, one_device):
     """Each segment appends its record (versions, commit, devices, command); the logged
     learning rate is the warm-up's closed form; load_run returns the trained state."""
     from gje_jax.train import load_run

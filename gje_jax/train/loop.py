@@ -225,8 +225,13 @@ def run_step(config, step_fn, state, batch, key):
     return state, metrics
 
 
+def _file_writers(writer) -> list:
+    # tensorboardX sets all_writers to None once the writer is closed.
+    return list((getattr(writer, "all_writers", None) or {}).values())
+
+
 def _tensorboard_dead(writer) -> bool:
-    for fw in getattr(writer, "all_writers", {}).values():
+    for fw in _file_writers(writer):
         worker = getattr(getattr(fw, "event_writer", None), "_worker", None)
         if worker is not None and not worker.is_alive():
             return True
@@ -265,7 +270,7 @@ def _close_quietly(mngr, bar, writer, metrics_file, failed: bool) -> None:
         # A close that failed (a full disk) leaves tensorboardX's event files open, and its
         # atexit hook would flush them again and print the same OSError after the run's one
         # error line. What they held is lost either way; mark them closed.
-        for fw in getattr(writer, "all_writers", {}).values():
+        for fw in _file_writers(writer):
             event_writer = getattr(fw, "event_writer", None)
             if event_writer is not None and hasattr(event_writer, "_closed"):
                 event_writer._closed = True
