@@ -12,8 +12,18 @@ W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 python -m pip wheel -q --no-deps -w "$W/dist" .
 WHEEL=$(ls "$W"/dist/gje_jax-*.whl)
-unzip -l "$WHEEL" | grep -q " gje_experiments/configs/alignment.py" || { echo "wheel lacks the configs"; exit 1; }
-if unzip -l "$WHEEL" | grep -q " experiments/"; then echo "wheel installs a top-level 'experiments'"; exit 1; fi
+# Checked in Python, not with `unzip -l | grep -q`: under pipefail grep's early exit can kill
+# unzip with SIGPIPE and fail the check on a wheel that is fine (seen in CI).
+"$PY" - "$WHEEL" <<'PY'
+import sys
+import zipfile
+
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+if "gje_experiments/configs/alignment.py" not in names:
+    sys.exit("wheel lacks the configs")
+if any(n.startswith("experiments/") for n in names):
+    sys.exit("wheel installs a top-level 'experiments'")
+PY
 "$PY" -m venv "$W/venv"
 "$W/venv/bin/python" -m pip install -q --upgrade pip
 # The notebook runner first (as Colab has it), without gje_jax.

@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 
 from gje_jax import fit_gaussian, methods
+from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
 from gje_jax.data import synthetic
-from gje_jax.mixture import ConditionalMixture
 from gje_jax.train import records
 
 from .configs.common import with_method
@@ -88,8 +88,8 @@ def evaluate_point(task, predict, c_train, t_train, c, t, num_samples) -> dict:
     var = np.mean((np.asarray(predict(jnp.asarray(c_train))) - t_train) ** 2, axis=0)
     pred = np.asarray(predict(jnp.asarray(c)))
     n, d = pred.shape
-    gauss = ConditionalMixture(
-        jnp.zeros((n, 1)), jnp.asarray(pred)[:, None, :], jnp.broadcast_to(jnp.sqrt(var), (n, 1, d)), diagonal=True
+    gauss = DiagonalConditionalMixture(
+        jnp.zeros((n, 1)), jnp.asarray(pred)[:, None, :], jnp.broadcast_to(jnp.sqrt(var), (n, 1, d))
     )
     point = np.repeat(pred[:, None, :], num_samples, axis=1)
     return {

@@ -24,6 +24,7 @@ MODULES = (
     "gje_jax",
     "gje_jax.linalg",
     "gje_jax.mixture",
+    "gje_jax.conditional",
     "gje_jax.gaussian",
     "gje_jax.losses",
     "gje_jax.remedies.resampling",

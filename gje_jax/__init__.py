@@ -1,12 +1,13 @@
 """gje_jax: Gaussian Joint Embeddings (GJE) and Gaussian Mixture Joint Embeddings (GMJE) in JAX.
 
-Public API: densities (`GaussianMixture`, `ConditionalMixture`), estimators
+Public API: densities (`GaussianMixture`, `ConditionalMixture`, `DiagonalConditionalMixture`), estimators
 (`fit_gaussian`, `GaussianStats`), information quantities, Cholesky linear algebra
 (`gje_jax.linalg`), losses (`gje_jax.losses`), frozen-feature evaluation
 (`gje_jax.evaluation`) and metrics of unconditional samples (`gje_jax.sampling_metrics`).
 """
 
 from gje_jax import evaluation, linalg, losses, methods, models, remedies, sampling_metrics, settings
+from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
 from gje_jax.gaussian import (
     GaussianStats,
     effective_rank,
@@ -28,13 +29,14 @@ from gje_jax.losses import (
     infonce,
     trace_trap_report,
 )
-from gje_jax.mixture import ConditionalMixture, GaussianMixture, component_log_probs
+from gje_jax.mixture import GaussianMixture, component_log_probs
 from gje_jax.remedies import em, gng, resampling, smc  # also reachable as gje_jax.em etc.
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConditionalMixture",
+    "DiagonalConditionalMixture",
     "GaussianMixture",
     "GaussianStats",
     "component_log_probs",

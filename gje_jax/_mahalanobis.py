@@ -92,12 +92,12 @@ def rows_per_chunk(k: int, d: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // max(1, k * d))
 
 
-@v.finite_args("z", "means", factors=("scale_trils",))
+@v.finite_args("z", "means", factors=("scale_tril",))
 @functools.partial(jax.jit, static_argnames=("chunk_elements",))
 def component_log_probs(
     z: jax.Array,
     means: jax.Array,
-    scale_trils: jax.Array,
+    scale_tril: jax.Array,
     *,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[jax.Array, jax.Array]:
@@ -106,7 +106,7 @@ def component_log_probs(
     Args:
       z: [N, D] points.
       means: [K, D].
-      scale_trils: [K, D, D] lower Cholesky factors.
+      scale_tril: [K, D, D] lower Cholesky factors.
       chunk_elements: bound on K * rows * D per chunk of the whitened residuals (half that
         in the gradient).
 
@@ -121,13 +121,13 @@ def component_log_probs(
       >>> maha.max().item()
       0.0
     """
-    means, scale_trils = v.as_float(means, "means"), v.as_float(scale_trils, "chols")
+    means, scale_tril = v.as_float(means, "means"), v.as_float(scale_tril, "scale_tril")
     v.check_rank(means, 2, "means", "[K, D]")
-    check_params(jnp.zeros(means.shape[:1], means.dtype), means, scale_trils)
+    check_params(jnp.zeros(means.shape[:1], means.dtype), means, scale_tril)
     k, d = means.shape
     z = check_points(z, d, "z")
-    log_norm = -linalg.half_logdet(scale_trils) - 0.5 * d * linalg.LOG_2PI  # [K]
-    maha = distances(z, means, scale_trils, None, chunk_elements)
+    log_norm = -linalg.half_logdet(scale_tril) - 0.5 * d * linalg.LOG_2PI  # [K]
+    maha = distances(z, means, scale_tril, None, chunk_elements)
     return log_norm - 0.5 * maha, maha
 
 
@@ -288,7 +288,7 @@ def _whitened_distances(z: jax.Array, w: jax.Array, means: jax.Array, *, chunk_e
     return _mahalanobis(z, mat, off, rows_per_chunk(k, d, chunk_elements), k, minor)
 
 
-def distances(z, means, scale_trils, w, chunk_elements):
+def distances(z, means, scale_tril, w, chunk_elements):
     """[N, K] squared Mahalanobis distances by GEMMs with W = L^{-1} (passed as w when the
     caller already has it); on GPU and TPU, K = 1 is one triangular solve instead.
 
@@ -300,32 +300,32 @@ def distances(z, means, scale_trils, w, chunk_elements):
     D = 256), which is small against what the spinning threads cost a step.
     """
 
-    def by_gemm(z, means, scale_trils):
-        wk = linalg.tril_inverse(scale_trils) if w is None else w
+    def by_gemm(z, means, scale_tril):
+        wk = linalg.tril_inverse(scale_tril) if w is None else w
         return _whitened_distances(z, wk, means, chunk_elements=chunk_elements)
 
     if means.shape[0] > 1:
-        return by_gemm(z, means, scale_trils)
+        return by_gemm(z, means, scale_tril)
 
-    def by_solve(z, means, scale_trils):
-        return _mahalanobis_one(*vary_together(z, means[0], jnp.tril(scale_trils[0])))[:, None]
+    def by_solve(z, means, scale_tril):
+        return _mahalanobis_one(*vary_together(z, means[0], jnp.tril(scale_tril[0])))[:, None]
 
-    return lax.platform_dependent(z, means, scale_trils, cpu=by_gemm, default=by_solve)
+    return lax.platform_dependent(z, means, scale_tril, cpu=by_gemm, default=by_solve)
 
 
-def check_params(log_weights, means, scale_trils) -> None:
+def check_params(log_weights, means, scale_tril) -> None:
     v.check_rank(log_weights, 1, "log_weights", "[K]")
     v.check_rank(means, 2, "means", "[K, D]")
-    v.check_rank(scale_trils, 3, "chols", "[K, D, D]")
+    v.check_rank(scale_tril, 3, "scale_tril", "[K, D, D]")
     k, d = means.shape
     if k == 0:
         raise ValueError("A mixture needs K >= 1 components, got K = 0 (means shape (0, D)).")
     if d == 0:
         raise ValueError("A mixture needs D >= 1 dimensions, got means shape (K, 0).")
     v.check_dim(log_weights.shape[0], k, f"log_weights length vs means {tuple(means.shape)}")
-    if scale_trils.shape != (k, d, d):
+    if scale_tril.shape != (k, d, d):
         raise ValueError(
-            f"chols must have shape [K, D, D] = {(k, d, d)} to match means {tuple(means.shape)}, got {tuple(scale_trils.shape)}."
+            f"scale_tril must have shape [K, D, D] = {(k, d, d)} to match means {tuple(means.shape)}, got {tuple(scale_tril.shape)}."
         )
 
 

@@ -185,12 +185,12 @@ def fit_gaussian(
       shrinkage: None, or 'ledoit_wolf' to shrink S towards a scaled identity first.
 
     Returns:
-      GaussianMixture with K = 1: log_weights [1], means [1, D], chols [1, D, D].
+      GaussianMixture with K = 1: log_weights [1], means [1, D], scale_tril [1, D, D].
 
     Example:
       >>> z = jax.random.normal(jax.random.key(0), (1000, 4)) * 2.0
       >>> g = gje_jax.fit_gaussian(z)                              # a GaussianMixture with K = 1
-      >>> g.means.shape, g.chols.shape, bool(jnp.allclose(jnp.diag(g.chols[0]), 2.0, atol=0.15))
+      >>> g.means.shape, g.scale_tril.shape, bool(jnp.allclose(jnp.diag(g.scale_tril[0]), 2.0, atol=0.15))
       ((1, 4), (1, 4, 4), True)
     """
     z = v.check_batch(z)
@@ -200,8 +200,8 @@ def fit_gaussian(
         mu, (s, _) = jnp.mean(z, axis=0), ledoit_wolf(z)
     else:
         raise ValueError(f"shrinkage must be None or 'ledoit_wolf', got {shrinkage!r}.")
-    chol = linalg.cholesky(regularize(s, eps_rel, eps_abs))
-    return GaussianMixture(jnp.zeros((1,), z.dtype), mu[None], chol[None])
+    scale_tril = linalg.cholesky(regularize(s, eps_rel, eps_abs))
+    return GaussianMixture(jnp.zeros((1,), z.dtype), mu[None], scale_tril[None])
 
 
 def _single(gaussian: GaussianMixture, what: str) -> GaussianMixture:
@@ -229,7 +229,7 @@ def gaussian_mutual_information(gaussian: GaussianMixture, split: int) -> jax.Ar
     """I(c; t) = 1/2 (log|S_cc| + log|S_tt| - log|S|) of a joint Gaussian, c = z[:split].
 
     With the joint factor L: log|S| = log|S_cc| + log|L_tt L_tt^T|, so
-    I = sum log diag chol(S_tt) - sum log diag L_tt (one factorisation of S_tt).
+    I = sum log diag cholesky(S_tt) - sum log diag L_tt (one factorisation of S_tt).
     Equals -1/2 sum log(1 - rho_i^2) over the canonical correlations. -> [].
 
     Example:
@@ -240,10 +240,10 @@ def gaussian_mutual_information(gaussian: GaussianMixture, split: int) -> jax.Ar
     """
     g = _single(gaussian, "gaussian_mutual_information")
     split = v.check_split(split, g.dim)
-    l = g.chols[0]
+    l = g.scale_tril[0]
     rows = l[split:, :]
-    chol_tt = linalg.cholesky(rows @ rows.T)
-    return linalg.half_logdet(chol_tt) - linalg.half_logdet(l[split:, split:])
+    scale_tril_tt = linalg.cholesky(rows @ rows.T)
+    return linalg.half_logdet(scale_tril_tt) - linalg.half_logdet(l[split:, split:])
 
 
 def effective_rank(cov: jax.Array) -> jax.Array:
@@ -277,7 +277,7 @@ class GaussianStats:
       >>> stats = gje_jax.GaussianStats.zeros(3)
       >>> for i in range(50):
       ...     stats = stats.update(jax.random.normal(jax.random.key(i), (256, 3)), momentum=0.9)
-      >>> bool(jnp.allclose(stats.cov, jnp.eye(3), atol=0.2)), stats.to_gaussian().chols.shape
+      >>> bool(jnp.allclose(stats.cov, jnp.eye(3), atol=0.2)), stats.to_gaussian().scale_tril.shape
       (True, (1, 3, 3))
     """
 

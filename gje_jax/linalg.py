@@ -12,7 +12,7 @@ Why not `jnp.linalg.cholesky` and `jax.scipy.linalg.solve_triangular`:
 
 Algorithms (recursive 2x2 blocking, both O(n^3) and matmul-rich):
   inv([[A, 0], [C, B]]) = [[A^-1, 0], [-B^-1 C A^-1, B^-1]]
-  chol([[A, .], [C, B]]) = [[L_A, 0], [C L_A^-T, chol(B - C L_A^-T L_A^-1 C^T)]]
+  cholesky([[A, .], [C, B]]) = [[L_A, 0], [C L_A^-T, cholesky(B - C L_A^-T L_A^-1 C^T)]]
 with a row-by-row loop below `_BASE` rows. Triangular inversion by this blocking is
 forward stable (error ~ cond(L) * eps), and tests compare it with LAPACK solves.
 """

@@ -14,7 +14,7 @@ def random_spd(rng, d, cond=None, scale=1.0):
 
 
 def random_mixture(rng, k, d, spread=3.0):
-    """(log_weights [K], means [K, D], covs [K, D, D], chols [K, D, D]) in float64."""
+    """(log_weights [K], means [K, D], covs [K, D, D], scale_tril [K, D, D]) in float64."""
     logits = rng.normal(size=k)
     means = rng.normal(size=(k, d)) * spread
     covs = np.stack([random_spd(rng, d) for _ in range(k)])

@@ -82,8 +82,8 @@ FUNCTIONS = {
     "GaussianMixture.responsibilities": lambda z: _gm().responsibilities(z),
     "GaussianMixture.condition": _cond,
     "ConditionalMixture.log_prob": _cond_log_prob,
-    "component_log_probs": lambda z: G.component_log_probs(z, _gm().means, _gm().chols)[0],
-    "fit_gaussian": lambda z: G.fit_gaussian(z).chols,
+    "component_log_probs": lambda z: G.component_log_probs(z, _gm().means, _gm().scale_tril)[0],
+    "fit_gaussian": lambda z: G.fit_gaussian(z).scale_tril,
     "empirical_moments": lambda z: G.empirical_moments(z)[1],
     "ledoit_wolf": lambda z: G.ledoit_wolf(z)[0],
     "trace_trap_report": lambda z: L.trace_trap_report(z)["effective_rank"],
@@ -173,7 +173,7 @@ def test_bad_input(fn, fault):
 
 def _bad_params(kind):
     gm = _gm()
-    lw, mu, ch = np.asarray(gm.log_weights), np.asarray(gm.means), np.asarray(gm.chols).copy()
+    lw, mu, ch = np.asarray(gm.log_weights), np.asarray(gm.means), np.asarray(gm.scale_tril).copy()
     if kind == "log_weights NaN":
         lw = np.array([0.0, np.nan], np.float32)
     elif kind == "log_weights +inf":
@@ -183,13 +183,13 @@ def _bad_params(kind):
     elif kind == "means NaN":
         mu = mu.copy()
         mu[1, 0] = np.nan
-    elif kind == "chol zero diagonal":
+    elif kind == "scale_tril zero diagonal":
         ch[1, 2, 2] = 0.0
-    elif kind == "chol negative diagonal":
+    elif kind == "scale_tril negative diagonal":
         ch[0, 1, 1] = -1.0
-    elif kind == "chol upper triangle":
+    elif kind == "scale_tril upper triangle":
         ch[1] = ch[1].T  # an upper Cholesky factor, as scipy.linalg.cholesky returns
-    elif kind == "chol NaN":
+    elif kind == "scale_tril NaN":
         ch[0, 3, 0] = np.nan
     return G.GaussianMixture(jnp.asarray(lw), jnp.asarray(mu), jnp.asarray(ch))
 
@@ -199,10 +199,10 @@ PARAM_FAULTS = {
     "log_weights +inf": "NaN or \\+Inf",
     "log_weights all -inf": "-inf everywhere",
     "means NaN": "NaN or Inf",
-    "chol zero diagonal": "positive diagonal",
-    "chol negative diagonal": "positive diagonal",
-    "chol upper triangle": "lower-triangular",
-    "chol NaN": "NaN or Inf",
+    "scale_tril zero diagonal": "positive diagonal",
+    "scale_tril negative diagonal": "positive diagonal",
+    "scale_tril upper triangle": "lower-triangular",
+    "scale_tril NaN": "NaN or Inf",
 }
 PARAM_USERS = {
     "log_prob": lambda gm: gm.log_prob(_z()),
@@ -211,7 +211,7 @@ PARAM_USERS = {
     "condition": lambda gm: gm.condition(_z()[:, :2]),
     "covariance": lambda gm: gm.covariance(),
     "gmje_loss": lambda gm: L.gmje_loss(_z()[:, :2], _z()[:, 2:], gm)[0],
-    "component_log_probs": lambda gm: G.component_log_probs(_z(), gm.means, gm.chols)[0],
+    "component_log_probs": lambda gm: G.component_log_probs(_z(), gm.means, gm.scale_tril)[0],
 }
 
 
@@ -230,16 +230,18 @@ def test_bad_mixture_parameters(fault, user):
 
 
 def test_upper_triangle_is_ignored_everywhere_under_jit():
-    """The documented convention under jit, where values cannot be checked: only tril(chols)
+    """The documented convention under jit, where values cannot be checked: only tril(scale_tril)
     is read, by the density and by sampling and moments alike (scipy's reference uses the
     covariance of the lower factor)."""
     import scipy.stats
 
     gm = _gm()
-    noisy = gm.replace(chols=gm.chols + jnp.triu(jnp.ones((D, D)), 1))
-    cov = np.asarray(gm.chols[0] @ gm.chols[0].T, np.float64)
+    noisy = gm.replace(scale_tril=gm.scale_tril + jnp.triu(jnp.ones((D, D)), 1))
+    cov = np.asarray(gm.scale_tril[0] @ gm.scale_tril[0].T, np.float64)
     ref = scipy.stats.multivariate_normal(np.asarray(gm.means[0], np.float64), cov).logpdf(_z()[:1])
-    single = jax.jit(lambda g: g.replace(log_weights=g.log_weights[:1], means=g.means[:1], chols=g.chols[:1]))(noisy)
+    single = jax.jit(
+        lambda g: g.replace(log_weights=g.log_weights[:1], means=g.means[:1], scale_tril=g.scale_tril[:1])
+    )(noisy)
     got = jax.jit(lambda g: g.log_prob(_z()[:1]))(single)
     np.testing.assert_allclose(got, ref, rtol=1e-5)
     np.testing.assert_allclose(jax.jit(lambda g: g.covariance())(noisy), gm.covariance(), rtol=1e-5, atol=1e-6)
@@ -250,9 +252,9 @@ def test_upper_triangle_is_ignored_everywhere_under_jit():
 def _cmix(kind):
     cm = _gm().condition(_z()[:, :2])
     if kind == "scales <= 0":
-        return G.ConditionalMixture(cm.log_weights, cm.means, jnp.zeros(cm.means.shape), diagonal=True)
-    if kind == "chol upper triangle":
-        return cm.replace(chols=jnp.swapaxes(cm.chols, -1, -2))
+        return G.DiagonalConditionalMixture(cm.log_weights, cm.means, jnp.zeros(cm.means.shape))
+    if kind == "scale_tril upper triangle":
+        return cm.replace(scale_tril=jnp.swapaxes(cm.scale_tril, -1, -2))
     if kind == "log_weights NaN":
         return cm.replace(log_weights=cm.log_weights.at[0, 0].set(jnp.nan))
     if kind == "means Inf":
@@ -262,7 +264,7 @@ def _cmix(kind):
 
 CMIX_FAULTS = {
     "scales <= 0": "positive",
-    "chol upper triangle": "lower-triangular",
+    "scale_tril upper triangle": "lower-triangular",
     "log_weights NaN": "NaN or \\+Inf",
     "means Inf": "NaN or Inf",
 }

@@ -19,7 +19,7 @@ def test_fit_gaussian_matches_numpy():
     s = np.cov(z.T, bias=True)
     s_eps = s + (1e-3 * np.trace(s) / 6 + 1e-5) * np.eye(6)
     np.testing.assert_allclose(fit.means[0], z.mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(fit.chols[0] @ fit.chols[0].T, s_eps, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fit.scale_tril[0] @ fit.scale_tril[0].T, s_eps, rtol=1e-4, atol=1e-4)
 
 
 def test_ledoit_wolf_matches_sklearn():

@@ -14,10 +14,10 @@ from tests.helpers import random_spd
 def test_cholesky_and_inverse_match_numpy(d):
     rng = np.random.default_rng(d)
     covs = np.stack([random_spd(rng, d) for _ in range(3)])
-    chol = np.asarray(jax.jit(linalg.cholesky)(jnp.asarray(covs, jnp.float32)))
+    scale_tril = np.asarray(jax.jit(linalg.cholesky)(jnp.asarray(covs, jnp.float32)))
     ref = np.linalg.cholesky(covs)
-    np.testing.assert_allclose(chol, ref, atol=2e-5 * np.abs(ref).max())
-    assert np.all(np.triu(chol, 1) == 0)
+    np.testing.assert_allclose(scale_tril, ref, atol=2e-5 * np.abs(ref).max())
+    assert np.all(np.triu(scale_tril, 1) == 0)
     inv = np.asarray(jax.jit(linalg.tril_inverse)(jnp.asarray(ref, jnp.float32)))
     ref_inv = np.stack([scipy.linalg.solve_triangular(l, np.eye(d), lower=True) for l in ref])
     np.testing.assert_allclose(inv, ref_inv, atol=2e-5 * np.abs(ref_inv).max())
@@ -36,9 +36,9 @@ def test_ill_conditioned_inputs_stay_accurate(cond):
     # float32 has eps ~ 6e-8: the factor's backward error must stay at that level.
     rng = np.random.default_rng(1)
     cov = random_spd(rng, 24, cond=cond)
-    chol = np.asarray(linalg.cholesky(jnp.asarray(cov, jnp.float32)), np.float64)
-    assert np.all(np.isfinite(chol))
-    rel = np.linalg.norm(chol @ chol.T - cov) / np.linalg.norm(cov)
+    scale_tril = np.asarray(linalg.cholesky(jnp.asarray(cov, jnp.float32)), np.float64)
+    assert np.all(np.isfinite(scale_tril))
+    rel = np.linalg.norm(scale_tril @ scale_tril.T - cov) / np.linalg.norm(cov)
     assert rel < 1e-5
     w = np.asarray(linalg.tril_inverse(jnp.asarray(np.linalg.cholesky(cov), jnp.float32)), np.float64)
     # Forward error of a triangular inverse ~ cond(L) * eps, cond(L) = sqrt(cond).

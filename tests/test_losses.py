@@ -109,12 +109,12 @@ def test_gje_ema_and_param_estimators():
 
 def test_gmje_joint_loss_matches_sklearn():
     rng = np.random.default_rng(6)
-    logits, means, covs, chols = random_mixture(rng, 4, 6)
+    logits, means, covs, scale_tril = random_mixture(rng, 4, 6)
     sk = sklearn.mixture.GaussianMixture(4, covariance_type="full")
     sk.weights_, sk.means_, sk.covariances_ = np.exp(log_softmax(logits)), means, covs
-    sk.precisions_cholesky_ = np.stack([np.linalg.inv(l).T for l in chols])
+    sk.precisions_cholesky_ = np.stack([np.linalg.inv(l).T for l in scale_tril])
     z = rng.normal(size=(128, 6)) * 3
-    gm = gje_jax.GaussianMixture(f32(logits), f32(means), f32(chols))
+    gm = gje_jax.GaussianMixture(f32(logits), f32(means), f32(scale_tril))
     loss, m = losses.gmje_loss(f32(z[:, :2]), f32(z[:, 2:]), gm, lambda_bal=0.5)
     gbar = sk.predict_proba(z).mean(0)
     kl = np.sum(gbar * (np.log(gbar) - log_softmax(logits)))
@@ -125,14 +125,14 @@ def test_gmje_joint_loss_matches_sklearn():
 
 def test_gmje_conditional_loss_and_gradients():
     rng = np.random.default_rng(7)
-    logits, means, _, chols = random_mixture(rng, 3, 4, spread=1.0)
+    logits, means, _, scale_tril = random_mixture(rng, 3, 4, spread=1.0)
     z = f32(rng.normal(size=(64, 4)))
-    gm = gje_jax.GaussianMixture(f32(logits), f32(means), f32(chols))
+    gm = gje_jax.GaussianMixture(f32(logits), f32(means), f32(scale_tril))
     _, m = losses.gmje_loss(z[:, :2], z[:, 2:], gm, objective="conditional")
     ref = -jnp.mean(gm.log_prob(z) - gm.marginal(0, 2).log_prob(z[:, :2]))  # log p(t|c) = log p(z) - log p(c)
     np.testing.assert_allclose(m["nll"], ref, rtol=1e-4)
 
-    raw = gje_jax.linalg.unconstrained_from_scale_tril(f32(chols))
+    raw = gje_jax.linalg.unconstrained_from_scale_tril(f32(scale_tril))
 
     def obj(params):
         mix = gje_jax.GaussianMixture.from_unconstrained(*params)
@@ -229,10 +229,10 @@ def test_target_geometry_term_and_conditional_scale_invariance():
     ref = 0.5 * np.linalg.slogdet(s + eps * np.eye(2))[1]
     assert float(target_geometry_term(jnp.asarray(t))) == pytest.approx(ref, rel=1e-4, abs=1e-5)
     # conditional NLL - G_t is invariant to scaling the embeddings and the mixture by s.
-    lw, means, covs, chols = random_mixture(rng, 3, 5)
+    lw, means, covs, scale_tril = random_mixture(rng, 3, 5)
     base = None
     for scale in (0.1, 1.0, 10.0):
-        mix = gje_jax.GaussianMixture(jnp.asarray(lw, jnp.float32), means * scale, chols * scale)
+        mix = gje_jax.GaussianMixture(jnp.asarray(lw, jnp.float32), means * scale, scale_tril * scale)
         loss, _ = gje_jax.gmje_loss(
             c * scale, t * scale, mix, objective="conditional", lambda_geo=1.0, eps_rel=1e-4, eps_abs=0.0
         )

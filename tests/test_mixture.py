@@ -16,15 +16,15 @@ from tests.helpers import log_softmax, random_mixture, random_spd
 f32 = lambda x: jnp.asarray(x, jnp.float32)
 
 
-def _gm(logits, means, chols):
-    return GaussianMixture(f32(logits), f32(means), f32(chols))
+def _gm(logits, means, scale_tril):
+    return GaussianMixture(f32(logits), f32(means), f32(scale_tril))
 
 
 def test_single_gaussian_log_prob_matches_scipy():
     rng = np.random.default_rng(0)
-    _, means, covs, chols = random_mixture(rng, 1, 5)
+    _, means, covs, scale_tril = random_mixture(rng, 1, 5)
     z = rng.normal(size=(50, 5)) * 2
-    ours = np.asarray(jax.jit(lambda z: _gm(np.zeros(1), means, chols).log_prob(z))(f32(z)))
+    ours = np.asarray(jax.jit(lambda z: _gm(np.zeros(1), means, scale_tril).log_prob(z))(f32(z)))
     ref = scipy.stats.multivariate_normal(means[0], covs[0]).logpdf(z)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
 
@@ -32,21 +32,21 @@ def test_single_gaussian_log_prob_matches_scipy():
 @pytest.mark.parametrize("k,d", [(3, 4), (8, 20)])
 def test_mixture_matches_sklearn(k, d):
     rng = np.random.default_rng(k)
-    logits, means, covs, chols = random_mixture(rng, k, d)
+    logits, means, covs, scale_tril = random_mixture(rng, k, d)
     weights = np.exp(log_softmax(logits))
     sk = sklearn.mixture.GaussianMixture(k, covariance_type="full")
     sk.weights_, sk.means_, sk.covariances_ = weights, means, covs
-    sk.precisions_cholesky_ = np.stack([np.linalg.inv(l).T for l in chols])
+    sk.precisions_cholesky_ = np.stack([np.linalg.inv(l).T for l in scale_tril])
     z = rng.normal(size=(300, d)) * 3
-    gm = _gm(logits, means, chols)
+    gm = _gm(logits, means, scale_tril)
     np.testing.assert_allclose(gm.log_prob(f32(z)), sk.score_samples(z), rtol=1e-5, atol=2e-4)
     np.testing.assert_allclose(gm.responsibilities(f32(z)), sk.predict_proba(z), atol=2e-4)
 
 
 def test_chunked_evaluation_equals_unchunked():
     rng = np.random.default_rng(1)
-    logits, means, _, chols = random_mixture(rng, 5, 6)
-    gm, z = _gm(logits, means, chols), f32(rng.normal(size=(103, 6)))
+    logits, means, _, scale_tril = random_mixture(rng, 5, 6)
+    gm, z = _gm(logits, means, scale_tril), f32(rng.normal(size=(103, 6)))
     np.testing.assert_allclose(gm.log_prob(z, chunk_elements=5 * 6 * 10), gm.log_prob(z), rtol=1e-6)
 
 
@@ -69,13 +69,13 @@ def _textbook_condition(logits, means, covs, c, dc):
 def test_conditioning_matches_textbook(k):
     rng = np.random.default_rng(10 + k)
     dc, dt = 3, 2
-    logits, means, covs, chols = random_mixture(rng, k, dc + dt, spread=1.0)
+    logits, means, covs, scale_tril = random_mixture(rng, k, dc + dt, spread=1.0)
     c = rng.normal(size=(40, dc))
-    cond = jax.jit(lambda c: _gm(logits, means, chols).condition(c, split=dc))(f32(c))
+    cond = jax.jit(lambda c: _gm(logits, means, scale_tril).condition(c, split=dc))(f32(c))
     r, m, s = _textbook_condition(logits, means, covs, c, dc)
     np.testing.assert_allclose(np.exp(cond.log_weights), r, atol=1e-4)
     np.testing.assert_allclose(cond.means, m, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(cond.chols @ np.swapaxes(cond.chols, -1, -2), s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cond.scale_tril @ np.swapaxes(cond.scale_tril, -1, -2), s, rtol=1e-4, atol=1e-5)
     # Moments of the conditional mixture.
     mean = (r[..., None] * m).sum(1)
     cov = np.einsum("nk,kde->nde", r, s) + np.einsum("nk,nkd,nke->nde", r, m - mean[:, None], m - mean[:, None])
@@ -99,9 +99,9 @@ def test_conditioning_matches_textbook(k):
 def test_condition_on_target_by_permutation():
     rng = np.random.default_rng(20)
     dc, dt = 2, 3
-    logits, means, covs, chols = random_mixture(rng, 3, 5, spread=1.0)
+    logits, means, covs, scale_tril = random_mixture(rng, 3, 5, spread=1.0)
     t = rng.normal(size=(10, dt))
-    gm = _gm(logits, means, chols).permute(list(range(dc, 5)) + list(range(dc)))
+    gm = _gm(logits, means, scale_tril).permute(list(range(dc, 5)) + list(range(dc)))
     cond = gm.condition(f32(t), split=dt)
     perm = list(range(dc, 5)) + list(range(dc))
     r, m, _ = _textbook_condition(logits, means[:, perm], covs[:, perm][:, :, perm], t, dt)
@@ -111,19 +111,19 @@ def test_condition_on_target_by_permutation():
 
 def test_marginal_matches_covariance_block():
     rng = np.random.default_rng(21)
-    logits, means, covs, chols = random_mixture(rng, 2, 6)
+    logits, means, covs, scale_tril = random_mixture(rng, 2, 6)
     for start, stop in [(0, 3), (2, 5), (4, 6)]:
-        mg = _gm(logits, means, chols).marginal(start, stop)
+        mg = _gm(logits, means, scale_tril).marginal(start, stop)
         np.testing.assert_allclose(mg.means, means[:, start:stop], rtol=1e-6)
         np.testing.assert_allclose(
-            mg.chols @ np.swapaxes(mg.chols, 1, 2), covs[:, start:stop, start:stop], rtol=1e-4, atol=1e-5
+            mg.scale_tril @ np.swapaxes(mg.scale_tril, 1, 2), covs[:, start:stop, start:stop], rtol=1e-4, atol=1e-5
         )
 
 
 def test_sampling_moments_within_monte_carlo_error():
     rng = np.random.default_rng(30)
-    logits, means, covs, chols = random_mixture(rng, 3, 3, spread=2.0)
-    gm = _gm(logits, means, chols)
+    logits, means, covs, scale_tril = random_mixture(rng, 3, 3, spread=2.0)
+    gm = _gm(logits, means, scale_tril)
     n = 200_000
     x = np.asarray(jax.jit(lambda k: gm.sample(k, n))(jax.random.key(0)), np.float64)
     w = np.exp(log_softmax(logits))
@@ -140,8 +140,8 @@ def test_condition_of_a_wrong_width_context_needs_the_split():
     """Without split the joint is read as [c ; t] with d_c = d_t; a context of another
     width is refused (it would silently re-split the joint), and accepted with split."""
     rng = np.random.default_rng(32)
-    logits, means, covs, chols = random_mixture(rng, 2, 4, spread=1.0)
-    gm = _gm(logits, means, chols)
+    logits, means, covs, scale_tril = random_mixture(rng, 2, 4, spread=1.0)
+    gm = _gm(logits, means, scale_tril)
     assert gm.condition(f32(rng.normal(size=(3, 2)))).means.shape == (3, 2, 2)
     with pytest.raises(ValueError, match="Pass split=d_c explicitly"):
         gm.condition(f32(rng.normal(size=(3, 3))))
@@ -154,8 +154,8 @@ def test_condition_of_a_wrong_width_context_needs_the_split():
 
 def test_conditional_sampling_moments():
     rng = np.random.default_rng(31)
-    logits, means, covs, chols = random_mixture(rng, 3, 3, spread=2.0)
-    cond = _gm(logits, means, chols).condition(f32(rng.normal(size=(4, 1))), split=1)
+    logits, means, covs, scale_tril = random_mixture(rng, 3, 3, spread=2.0)
+    cond = _gm(logits, means, scale_tril).condition(f32(rng.normal(size=(4, 1))), split=1)
     x = np.asarray(cond.sample(jax.random.key(1), 100_000), np.float64)  # [4, n, 2]
     assert x.shape == (4, 100_000, 2)
     np.testing.assert_allclose(x.mean(1), cond.mean(), atol=0.03 * float(np.abs(cond.covariance()).max()) ** 0.5 + 0.01)
@@ -165,8 +165,8 @@ def test_conditional_sampling_moments():
 
 def test_jit_vmap_grad():
     rng = np.random.default_rng(40)
-    logits, means, _, chols = random_mixture(rng, 3, 4)
-    gm = _gm(logits, means, chols)
+    logits, means, _, scale_tril = random_mixture(rng, 3, 4)
+    gm = _gm(logits, means, scale_tril)
     zs = f32(rng.normal(size=(5, 7, 4)))
     batched = jax.vmap(gm.log_prob)(zs)
     np.testing.assert_allclose(batched, jnp.stack([gm.log_prob(z) for z in zs]), rtol=1e-5)
@@ -202,7 +202,7 @@ def test_bad_input_raises_clear_errors(call, match):
 def test_zero_components_and_mismatched_shapes():
     with pytest.raises(ValueError, match="K >= 1"):
         GaussianMixture(jnp.zeros(0), jnp.zeros((0, 3)), jnp.zeros((0, 3, 3))).log_prob(jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match="chols must have shape"):
+    with pytest.raises(ValueError, match="scale_tril must have shape"):
         GaussianMixture(jnp.zeros(2), jnp.zeros((2, 3)), jnp.zeros((2, 4, 4))).log_prob(jnp.ones((2, 3)))
 
 
@@ -233,33 +233,33 @@ def test_mahalanobis_kernels_value_and_gradient(k, d, chunk):
     rng = np.random.default_rng(k * 1000 + d)
     n = 37
     a = rng.normal(size=(k, d, d)) / np.sqrt(d)
-    chols = np.tril(a, -1) + np.eye(d) * rng.uniform(0.5, 1.5, size=(k, 1, d))
+    scale_tril = np.tril(a, -1) + np.eye(d) * rng.uniform(0.5, 1.5, size=(k, 1, d))
     z, means, g = rng.normal(size=(n, d)), rng.normal(size=(k, d)), rng.normal(size=(n, k))
 
-    def ours(z, means, chols):
-        return gje_jax.component_log_probs(z, means, chols, chunk_elements=chunk)[1]
+    def ours(z, means, scale_tril):
+        return gje_jax.component_log_probs(z, means, scale_tril, chunk_elements=chunk)[1]
 
     if k == 1:  # also the triangular-solve kernel that GPU and TPU use for K = 1
         from gje_jax._mahalanobis import _mahalanobis_one
 
-        solve = lambda z, means, chols: _mahalanobis_one(z, means[0], jnp.tril(chols[0]))[:, None]
+        solve = lambda z, means, scale_tril: _mahalanobis_one(z, means[0], jnp.tril(scale_tril[0]))[:, None]
         kernels = [ours, solve]
     else:
         kernels = [ours]
 
-    def plain(z, means, chols):
+    def plain(z, means, scale_tril):
         r = z[None] - means[:, None]  # [K, N, D]
-        y = jax.vmap(lambda l, rk: jax.scipy.linalg.solve_triangular(l, rk.T, lower=True))(chols, r)
+        y = jax.vmap(lambda l, rk: jax.scipy.linalg.solve_triangular(l, rk.T, lower=True))(scale_tril, r)
         return jnp.sum(y * y, axis=1).T
 
-    y64 = np.stack([np.linalg.solve(chols[j], (z - means[j]).T) for j in range(k)])  # [K, D, N]
+    y64 = np.stack([np.linalg.solve(scale_tril[j], (z - means[j]).T) for j in range(k)])  # [K, D, N]
     loss = lambda f: lambda *a: jnp.sum(f32(g) * f(*a))
-    ref = jax.grad(loss(plain), argnums=(0, 1, 2))(f32(z), f32(means), f32(chols))
+    ref = jax.grad(loss(plain), argnums=(0, 1, 2))(f32(z), f32(means), f32(scale_tril))
     # d/dz analytically in float64: sum_k 2 g_nk Sigma_k^{-1} (z_n - mu_k).
-    dz = sum(2 * g[:, j : j + 1] * np.linalg.solve(chols[j].T, y64[j]).T for j in range(k))
+    dz = sum(2 * g[:, j : j + 1] * np.linalg.solve(scale_tril[j].T, y64[j]).T for j in range(k))
     for kernel in kernels:
-        np.testing.assert_allclose(kernel(f32(z), f32(means), f32(chols)), (y64**2).sum(1).T, rtol=2e-4, atol=2e-4)
-        got = jax.grad(loss(kernel), argnums=(0, 1, 2))(f32(z), f32(means), f32(chols))
+        np.testing.assert_allclose(kernel(f32(z), f32(means), f32(scale_tril)), (y64**2).sum(1).T, rtol=2e-4, atol=2e-4)
+        got = jax.grad(loss(kernel), argnums=(0, 1, 2))(f32(z), f32(means), f32(scale_tril))
         for a, b in zip(got, ref):
             a, b = np.asarray(a), np.asarray(b)
             if a.ndim == 3:

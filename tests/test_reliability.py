@@ -78,7 +78,7 @@ def test_bad_parameters_and_arguments():
     with pytest.raises(ValueError, match="means contains 1 NaN"):
         bad.validate()
     with pytest.raises(ValueError, match="means contains 1 NaN"):
-        G.component_log_probs(_z(), bad.means, bad.chols)
+        G.component_log_probs(_z(), bad.means, bad.scale_tril)
     with pytest.raises(ValueError, match="means contains 1 NaN"):
         bad.log_prob(_z())
     with pytest.raises(ValueError, match="means contains 1 NaN"):
@@ -146,7 +146,7 @@ def test_variances_at_the_floor_stay_finite():
     d, floor = 4, 1e-4
     raw = jnp.broadcast_to(jnp.eye(d) * -1e4, (2, d, d))  # diagonal far below the floor
     gm = G.GaussianMixture.from_unconstrained(jnp.zeros(2), jnp.zeros((2, d)), raw, floor=floor)
-    np.testing.assert_allclose(np.diagonal(np.asarray(gm.chols), axis1=1, axis2=2), floor, rtol=1e-3)
+    np.testing.assert_allclose(np.diagonal(np.asarray(gm.scale_tril), axis1=1, axis2=2), floor, rtol=1e-3)
     z = jnp.asarray(_z(16, d) * 1e-3)
 
     def f(raw):
@@ -414,4 +414,4 @@ def test_an_eager_loss_checks_each_user_argument_once(monkeypatch):
     monkeypatch.setattr(_validation, "check_finite_if_concrete", spy)
     z = _z()
     L.gmje_loss(z[:, :2], z[:, 2:], gm, lambda_geo=1.0)
-    assert sorted(seen) == ["c", "chols", "means", "t"]
+    assert sorted(seen) == ["c", "means", "scale_tril", "t"]

@@ -13,7 +13,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture as SkGMM
 
-from gje_jax import ConditionalMixture, methods
+from gje_jax import ConditionalMixture, DiagonalConditionalMixture, methods
 from gje_jax.models import MDNHead
 from gje_jax.remedies import em, gng
 from tests.helpers import random_spd
@@ -136,8 +136,8 @@ def _min_eig_over_pooled(gm, weights, means, covs):
     weights, means, covs = (np.asarray(x, np.float64) for x in (weights, means, covs))
     m = weights @ means
     total = np.einsum("k,kde->de", weights, covs + np.einsum("kd,ke->kde", means - m, means - m))
-    chols = np.asarray(gm.chols, np.float64)
-    return np.linalg.eigvalsh(chols @ np.swapaxes(chols, 1, 2)).min(axis=1), np.trace(total) / means.shape[1]
+    scale_tril = np.asarray(gm.scale_tril, np.float64)
+    return np.linalg.eigvalsh(scale_tril @ np.swapaxes(scale_tril, 1, 2)).min(axis=1), np.trace(total) / means.shape[1]
 
 
 def test_pooled_ridge_floors_every_component_relative_to_the_spread():
@@ -161,7 +161,7 @@ def test_pooled_ridge_floors_every_component_relative_to_the_spread():
             eps_abs=0.0,
             pooled_eps_rel=rel,
         )
-        np.testing.assert_allclose(np.asarray(big.chols), 10 * np.asarray(state.chols), rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(big.scale_tril), 10 * np.asarray(state.scale_tril), rtol=1e-3, atol=1e-6)
     # GNG's mixture view, over its active nodes only.
     g, _ = gng.update(gng.GNGState.create(6, 3), jnp.asarray(z), gng.GNGConfig(insert_every=50))
     act = np.asarray(g.active)
@@ -195,14 +195,14 @@ def test_covariance_shaped_pooled_ridge_keeps_the_views_correlation():
         m = w @ mu
         total = np.einsum("k,kde->de", w, covs + np.einsum("kd,ke->kde", mu - m, mu - m))
         ridge = rel * (total if shape == "covariance" else np.trace(total) / 4 * np.eye(4))
-        chols = np.asarray(state.chols, np.float64)
-        np.testing.assert_allclose(chols @ np.swapaxes(chols, 1, 2), covs + ridge, rtol=1e-4, atol=1e-4)
+        scale_tril = np.asarray(state.scale_tril, np.float64)
+        np.testing.assert_allclose(scale_tril @ np.swapaxes(scale_tril, 1, 2), covs + ridge, rtol=1e-4, atol=1e-4)
     # The variance each fitted component gives to the disagreement c - t (direction u):
     # the covariance-shaped ridge keeps it near the data's (2 x 0.05^2), the isotropic one
     # widens it to the ridge's size, and then a misaligned pair costs little more.
     u = np.array([1.0, 0.0, -1.0, 0.0]) / np.sqrt(2)
     along = {
-        s: np.einsum("d,kde,e->k", u, np.asarray(f.chols) @ np.swapaxes(np.asarray(f.chols), 1, 2), u)
+        s: np.einsum("d,kde,e->k", u, np.asarray(f.scale_tril) @ np.swapaxes(np.asarray(f.scale_tril), 1, 2), u)
         for s, f in fits.items()
     }
     assert along["covariance"].max() < 0.05 and along["isotropic"].min() > 10.0, along
@@ -216,8 +216,10 @@ def test_covariance_shaped_pooled_ridge_keeps_the_views_correlation():
     nodes = np.asarray(g.nodes, np.float64)
     m = share @ nodes
     total = np.einsum("k,kde->de", share, covs + np.einsum("kd,ke->kde", nodes - m, nodes - m))
-    chols = np.asarray(gm.chols, np.float64)[act]
-    np.testing.assert_allclose(chols @ np.swapaxes(chols, 1, 2), covs[act] + rel * total, rtol=1e-4, atol=1e-4)
+    scale_tril = np.asarray(gm.scale_tril, np.float64)[act]
+    np.testing.assert_allclose(
+        scale_tril @ np.swapaxes(scale_tril, 1, 2), covs[act] + rel * total, rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(ValueError, match="pooled ridge shape"):
         gng.mixture(g, pooled_eps_rel=rel, pooled_shape="full")
     with pytest.raises(ValueError, match="pooled ridge shape"):
@@ -230,14 +232,14 @@ def test_conditional_mixture_diagonal_equals_full():
     lw = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(n, k))))
     means = jnp.asarray(rng.normal(size=(n, k, d)), jnp.float32)
     scales = jnp.asarray(rng.uniform(0.2, 2.0, size=(n, k, d)), jnp.float32)
-    diag = ConditionalMixture(lw, means, scales, diagonal=True)
+    diag = DiagonalConditionalMixture(lw, means, scales)
     full = ConditionalMixture(lw, means, jax.vmap(jax.vmap(jnp.diag))(scales))
     t = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
     np.testing.assert_allclose(diag.log_prob(t), full.log_prob(t), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(diag.covariance(), full.covariance(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(diag.sample(jax.random.key(0), 7), full.sample(jax.random.key(0), 7), atol=1e-5)
-    with pytest.raises(ValueError, match="diagonal scales must have shape"):
-        ConditionalMixture(lw, means, scales[:, :, :2], diagonal=True).log_prob(t)
+    with pytest.raises(ValueError, match="scale_diag must have shape"):
+        DiagonalConditionalMixture(lw, means, scales[:, :, :2]).log_prob(t)
 
 
 def test_add_variance_widens_every_layout_like_scipy():
@@ -252,7 +254,7 @@ def test_add_variance_widens_every_layout_like_scipy():
     var = rng.uniform(0.5, 2.0, size=n).astype(np.float32)
     layouts = {
         "diag": (
-            ConditionalMixture(lw, jnp.asarray(means), jnp.asarray(scales), diagonal=True),
+            DiagonalConditionalMixture(lw, jnp.asarray(means), jnp.asarray(scales)),
             np.einsum("nkd,de->nkde", scales**2, np.eye(d)),
         ),
         "shared": (
@@ -301,7 +303,7 @@ def test_mdn_pooled_ridge_tracks_the_target_variance():
     expect = 0.9 * np.var(3 * np.asarray(b), axis=0).mean() + 0.1 * np.var(np.asarray(b), axis=0).mean()
     np.testing.assert_allclose(float(state2["target_var"]), expect, rtol=1e-5)
     # Inference sees the same floor: every predicted variance >= 0.5 * the tracked variance.
-    scales = method.conditional(params, state2, a).chols
+    scales = method.conditional(params, state2, a).scale_diag
     assert float(jnp.min(scales**2)) >= 0.5 * expect * (1 - 1e-5)
 
 

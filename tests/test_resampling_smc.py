@@ -77,8 +77,10 @@ def test_kernel_densities_match_scipy():
     comp = np.stack([stats.multivariate_normal(mu, cov).logpdf(x) for mu in centres], axis=1)
     lwn = lw - logsumexp(lw)
     ref = logsumexp(comp + lwn, axis=1)
-    chol = np.linalg.cholesky(cov)
-    got = smc.kernel_log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(centres, jnp.float32), jnp.asarray(lw), chol)
+    scale_tril = np.linalg.cholesky(cov)
+    got = smc.kernel_log_prob(
+        jnp.asarray(x, jnp.float32), jnp.asarray(centres, jnp.float32), jnp.asarray(lw), scale_tril
+    )
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     # Conditional: log p(t | c) = log p(c, t) - log p(c), with p(c) the marginal kernel mixture.
     split = 1
@@ -87,7 +89,7 @@ def test_kernel_densities_match_scipy():
     )
     ref_c = ref - logsumexp(comp_c.reshape(n, m) + lwn, axis=1)
     got_c = smc.kernel_conditional_log_prob(
-        jnp.asarray(x[:, :split], jnp.float32), jnp.asarray(x[:, split:], jnp.float32), centres, lw, chol
+        jnp.asarray(x[:, :split], jnp.float32), jnp.asarray(x[:, split:], jnp.float32), centres, lw, scale_tril
     )
     np.testing.assert_allclose(got_c, ref_c, rtol=1e-4, atol=1e-4)
 
@@ -121,8 +123,8 @@ def test_reweight_favours_particles_near_the_batch_and_resamples_when_degenerate
     bank = smc.insert(smc.ParticleBank.empty(m, d), jnp.asarray(np.concatenate([far, near]), jnp.float32))
     assert float(bank.ess()) == pytest.approx(m, rel=1e-5)
     z = jnp.asarray(rng.normal(size=(32, d)) * 0.3, jnp.float32)
-    chol = 0.5 * jnp.eye(d)
-    bank2 = smc.reweight(bank, z, chol)
+    scale_tril = 0.5 * jnp.eye(d)
+    bank2 = smc.reweight(bank, z, scale_tril)
     w = np.exp(np.asarray(bank2.normalized_log_weights()))
     assert w[m // 2 :].sum() > 0.999
     assert float(bank2.ess()) < 0.5 * m
@@ -143,17 +145,17 @@ def test_tempered_reweighting_raises_the_kde_to_a_power():
     z = rng.normal(size=(n, d))
     h = random_spd(rng, d)
     bank = smc.insert(smc.ParticleBank.empty(m, d), jnp.asarray(particles, jnp.float32))
-    chol = jnp.asarray(np.linalg.cholesky(h), jnp.float32)
+    scale_tril = jnp.asarray(np.linalg.cholesky(h), jnp.float32)
     # KDE_z(P_m) = (1/N) sum_n N(P_m | z_n, H), by scipy.
     log_kde = np.array(
         [logsumexp([stats.multivariate_normal(zn, h).logpdf(p) for zn in z]) - np.log(n) for p in particles]
     )
     for beta in (0.0, 0.1, 1.0):
-        got = np.asarray(smc.reweight(bank, jnp.asarray(z, jnp.float32), chol, tempering=beta).log_weights)
+        got = np.asarray(smc.reweight(bank, jnp.asarray(z, jnp.float32), scale_tril, tempering=beta).log_weights)
         want = beta * log_kde - logsumexp(beta * log_kde)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="tempering"):
-        smc.reweight(bank, jnp.asarray(z, jnp.float32), chol, tempering=1.5)
+        smc.reweight(bank, jnp.asarray(z, jnp.float32), scale_tril, tempering=1.5)
 
 
 def test_bank_contrastive_with_uniform_weights_is_moco_infonce():

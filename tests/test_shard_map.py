@@ -17,7 +17,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gje_jax import losses
-from gje_jax.mixture import ConditionalMixture, GaussianMixture
+from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
+from gje_jax.mixture import GaussianMixture
 from gje_jax.remedies import smc
 
 N, D, SHARDS = 32, 4, 4
@@ -47,7 +48,7 @@ def _conditional(p, c, diagonal):
     k = p["means"].shape[0]
     loc = (c @ p["w"][:2, :2])[:, None, :] + p["means"][None, :, 2:]  # [N, K, 2]
     if diagonal:
-        return ConditionalMixture(jnp.broadcast_to(p["log_weights"], (c.shape[0], k)), loc, jnp.exp(loc) + 0.5, True)
+        return DiagonalConditionalMixture(jnp.broadcast_to(p["log_weights"], (c.shape[0], k)), loc, jnp.exp(loc) + 0.5)
     return ConditionalMixture(jnp.broadcast_to(p["log_weights"], (c.shape[0], k)), loc, p["factors"][:, 2:, 2:])
 
 
@@ -61,7 +62,7 @@ CASES = {
         3,
         lambda p, z: _conditional(p, *_split(p, z)[:1], False).log_prob(_split(p, z)[1]).mean(),
     ),
-    "ConditionalMixture diagonal": (
+    "DiagonalConditionalMixture": (
         3,
         lambda p, z: _conditional(p, *_split(p, z)[:1], True).log_prob(_split(p, z)[1]).mean(),
     ),

@@ -46,21 +46,21 @@ ROUNDS = 3  # per repeat
 def _inputs(n, k, d, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(k, d, d)) / np.sqrt(d)
-    chols = np.tril(a, -1) + np.eye(d) * rng.uniform(0.5, 1.5, size=(k, 1, d))
+    scale_tril = np.tril(a, -1) + np.eye(d) * rng.uniform(0.5, 1.5, size=(k, 1, d))
     return (
         rng.normal(size=(n, d)).astype(np.float32),
         rng.normal(size=k).astype(np.float32),
         rng.normal(size=(k, d)).astype(np.float32),
-        chols.astype(np.float32),
+        scale_tril.astype(np.float32),
     )
 
 
-def ours(z, logits, means, chols):
-    return gje_jax.GaussianMixture(logits, means, chols).log_prob(z)
+def ours(z, logits, means, scale_tril):
+    return gje_jax.GaussianMixture(logits, means, scale_tril).log_prob(z)
 
 
-def naive(z, logits, means, chols):
-    cov = chols @ jnp.swapaxes(chols, 1, 2)
+def naive(z, logits, means, scale_tril):
+    cov = scale_tril @ jnp.swapaxes(scale_tril, 1, 2)
     prec = jnp.linalg.inv(cov)
     r = z[None] - means[:, None]
     maha = jnp.einsum("knd,kde,kne->kn", r, prec, r)
@@ -74,9 +74,9 @@ def make_tfp():
 
     tfd = tfp.distributions
 
-    def f(z, logits, means, chols):
+    def f(z, logits, means, scale_tril):
         return tfd.MixtureSameFamily(
-            tfd.Categorical(logits=logits), tfd.MultivariateNormalTriL(loc=means, scale_tril=chols)
+            tfd.Categorical(logits=logits), tfd.MultivariateNormalTriL(loc=means, scale_tril=scale_tril)
         ).log_prob(z)
 
     return f
@@ -85,15 +85,15 @@ def make_tfp():
 def make_distrax():
     import distrax
 
-    def f(z, logits, means, chols):
+    def f(z, logits, means, scale_tril):
         return distrax.MixtureSameFamily(
-            distrax.Categorical(logits=logits), distrax.MultivariateNormalTri(loc=means, scale_tri=chols)
+            distrax.Categorical(logits=logits), distrax.MultivariateNormalTri(loc=means, scale_tri=scale_tril)
         ).log_prob(z)
 
     return f
 
 
-def sklearn_fn(logits, means, chols):
+def sklearn_fn(logits, means, scale_tril):
     from sklearn.mixture import GaussianMixture
 
     k, d = means.shape
@@ -101,8 +101,8 @@ def sklearn_fn(logits, means, chols):
     w = np.exp(logits - logits.max())
     sk.weights_ = (w / w.sum()).astype(np.float64)
     sk.means_ = means.astype(np.float64)
-    sk.covariances_ = (chols @ np.swapaxes(chols, 1, 2)).astype(np.float64)
-    sk.precisions_cholesky_ = np.stack([np.linalg.inv(l.astype(np.float64)).T for l in chols])
+    sk.covariances_ = (scale_tril @ np.swapaxes(scale_tril, 1, 2)).astype(np.float64)
+    sk.precisions_cholesky_ = np.stack([np.linalg.inv(l.astype(np.float64)).T for l in scale_tril])
     return sk.score_samples
 
 
@@ -193,8 +193,8 @@ def bench_log_density(sizes, ceiling, repeats):
     return common.markdown_table(header, rows)
 
 
-def naive_condition(c, logits, means, chols, split):
-    cov = chols @ jnp.swapaxes(chols, 1, 2)
+def naive_condition(c, logits, means, scale_tril, split):
+    cov = scale_tril @ jnp.swapaxes(scale_tril, 1, 2)
     s_cc, s_tc, s_tt = cov[:, :split, :split], cov[:, split:, :split], cov[:, split:, split:]
     gain = s_tc @ jnp.linalg.inv(s_cc)
     r = c[None] - means[:, None, :split]
@@ -205,17 +205,17 @@ def naive_condition(c, logits, means, chols, split):
     return jax.nn.softmax(jax.nn.log_softmax(logits)[:, None] + logp, axis=0), m, s
 
 
-def ours_condition(c, logits, means, chols, split):
-    cm = gje_jax.GaussianMixture(logits, means, chols).condition(c, split)
-    return cm.log_weights, cm.means, cm.chols
+def ours_condition(c, logits, means, scale_tril, split):
+    cm = gje_jax.GaussianMixture(logits, means, scale_tril).condition(c, split)
+    return cm.log_weights, cm.means, cm.scale_tril
 
 
-def numpy_condition(c, logits, means, chols, split):
+def numpy_condition(c, logits, means, scale_tril, split):
     import scipy.linalg
 
     out = []
     for j in range(len(logits)):
-        cov = chols[j].astype(np.float64) @ chols[j].T.astype(np.float64)
+        cov = scale_tril[j].astype(np.float64) @ scale_tril[j].T.astype(np.float64)
         cf = scipy.linalg.cho_factor(cov[:split, :split], lower=True)
         r = c - means[j, :split]
         gain_t = scipy.linalg.cho_solve(cf, cov[:split, split:])
@@ -229,8 +229,8 @@ def bench_condition(sizes, ceiling, repeats):
         if d < 2:
             continue
         split = d // 2
-        z, logits, means, chols = _inputs(n, k, d)
-        args = (jnp.asarray(z[:, :split]), jnp.asarray(logits), jnp.asarray(means), jnp.asarray(chols))
+        z, logits, means, scale_tril = _inputs(n, k, d)
+        args = (jnp.asarray(z[:, :split]), jnp.asarray(logits), jnp.asarray(means), jnp.asarray(scale_tril))
         f_ours = jax.jit(ours_condition, static_argnums=4)
         f_naive = jax.jit(naive_condition, static_argnums=4)
         c64 = z[:, :split].astype(np.float64)
@@ -238,9 +238,9 @@ def bench_condition(sizes, ceiling, repeats):
         reps = [common.time_blocks(calls, rounds=ROUNDS, seed=rep) for rep in range(repeats)]
         t_ours = float(np.median([ms["ours"] for ms, _ in reps]))
         naive_ratios = [common.ratio(times, "naive_inv") for _, times in reps]
-        t_np = common.time_call(functools.partial(numpy_condition, c64, logits, means, chols, split))
+        t_np = common.time_call(functools.partial(numpy_condition, c64, logits, means, scale_tril, split))
         m_ours = np.swapaxes(np.asarray(f_ours(*args, split)[1]), 0, 1)
-        m_ref = np.stack([m for m, _ in numpy_condition(c64, logits, means, chols, split)])
+        m_ref = np.stack([m for m, _ in numpy_condition(c64, logits, means, scale_tril, split)])
         err = float(np.linalg.norm(m_ours - m_ref) / np.linalg.norm(m_ref))
         nominal = k * (3 * n * split**2 + split**3)
         rows.append(

@@ -55,8 +55,8 @@ def update_rows(batch: int, dim: int, bank_size: int):
     fill = jax.jit(smc.insert)
     for i in range(bank_size // batch):
         bank = fill(bank, jax.random.normal(jax.random.fold_in(key, i), (batch, dim)))
-    chol = smc.kernel_scale_tril(jnp.eye(dim), bank_size)
-    f = jax.jit(lambda b, z, k: smc.update(b, z, k, chol)[0])
+    scale_tril = smc.kernel_scale_tril(jnp.eye(dim), bank_size)
+    f = jax.jit(lambda b, z, k: smc.update(b, z, k, scale_tril)[0])
     rows.append((f"SMC bank reweight + resample + insert (M = {bank_size})", common.time_call(f, bank, z, key)))
     return rows
 

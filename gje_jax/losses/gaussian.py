@@ -162,7 +162,7 @@ def gje_loss(
     else:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
 
-    logp, maha = component_log_probs.unchecked(z, dens.means, dens.chols)
+    logp, maha = component_log_probs.unchecked(z, dens.means, dens.scale_tril)
     nll = -jnp.mean(logp)
     geo = _geometry_from_cov(s, c.shape[1], eps_rel, eps_abs) if not v.is_zero(lambda_geo) else jnp.zeros((), z.dtype)
     loss = nll - lambda_geo * geo
@@ -173,7 +173,7 @@ def gje_loss(
         "nll": nll,
         "geometry": geo,
         "mahalanobis": jnp.mean(maha),
-        "logdet": 2.0 * linalg.half_logdet(dens.chols[0]),
+        "logdet": 2.0 * linalg.half_logdet(dens.scale_tril[0]),
         "mi": g.gaussian_mutual_information(batch_fit, c.shape[1]),
         "effective_rank": g.effective_rank(s),
         "std_mean": jnp.mean(jnp.sqrt(jnp.diagonal(s))),
@@ -222,11 +222,11 @@ def trace_trap_report(
 
     def maha_mean(x):
         fit = g.fit_gaussian(x, eps_rel, eps_abs)
-        _, maha = component_log_probs(x, fit.means, fit.chols)
+        _, maha = component_log_probs(x, fit.means, fit.scale_tril)
         return jnp.mean(maha)
 
     def half_logdet(x):
-        return linalg.half_logdet(g.fit_gaussian(x, eps_rel, eps_abs).chols[0])
+        return linalg.half_logdet(g.fit_gaussian(x, eps_rel, eps_abs).scale_tril[0])
 
     m, g_maha = jax.value_and_grad(maha_mean)(z)
     g_logdet = jax.grad(half_logdet)(z)

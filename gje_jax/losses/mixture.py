@@ -74,7 +74,7 @@ def gmje_loss(
     if mixture.dim != d:
         raise ValueError(f"mixture has D = {mixture.dim} but c {tuple(c.shape)} and t {tuple(t.shape)} give D = {d}.")
     z = jnp.concatenate([c, t], axis=-1)
-    comp, maha = component_log_probs.unchecked(z, mixture.means, mixture.chols)
+    comp, maha = component_log_probs.unchecked(z, mixture.means, mixture.scale_tril)
     joint_logits = mixture.normalized_log_weights() + comp
     resp = jax.nn.softmax(joint_logits, axis=-1)
     if objective == "joint":

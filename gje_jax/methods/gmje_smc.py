@@ -96,7 +96,7 @@ def bank_loss(s, state, emb):
       0.0
     """
     bank: smc.ParticleBank = jax.lax.stop_gradient(state["bank"])
-    chol = jax.lax.stop_gradient(kernel_scale_tril(s, state))
+    scale_tril = jax.lax.stop_gradient(kernel_scale_tril(s, state))
     have = bank.size() > 0
     # An empty bank (the first step) scores nothing: uniform placeholder weights keep every
     # intermediate finite, and the mask removes the term.
@@ -104,7 +104,7 @@ def bank_loss(s, state, emb):
     zero = jnp.zeros((), emb.context.dtype)
     nll = contrastive = zero
     if s.bank_loss in _NLL:
-        lp = smc.kernel_conditional_log_prob(emb.context, emb.target, bank.particles, lw, chol)
+        lp = smc.kernel_conditional_log_prob(emb.context, emb.target, bank.particles, lw, scale_tril)
         nll = jnp.where(have, -jnp.mean(lp), 0.0)
     if s.bank_loss in ("contrastive", "both"):
         dc = emb.context.shape[1]
@@ -157,15 +157,17 @@ def build(s) -> Method:
         # This broadcasts the factor to [M, D, D]: meant for inspection of small banks
         # (the loss never builds it; `sampler` draws without it).
         bank = state["bank"]
-        chol = kernel_scale_tril(s, state)
-        return GaussianMixture(bank.log_weights, bank.particles, jnp.broadcast_to(chol, (bank.capacity,) + chol.shape))
+        scale_tril = kernel_scale_tril(s, state)
+        return GaussianMixture(
+            bank.log_weights, bank.particles, jnp.broadcast_to(scale_tril, (bank.capacity,) + scale_tril.shape)
+        )
 
     def sampler(params, state, key, n, e):
         # One shared kernel factor: draw particles, add L eps (no per-particle factors).
         bank = state["bank"]
-        chol = kernel_scale_tril(s, state)[:e, :e]
+        scale_tril = kernel_scale_tril(s, state)[:e, :e]
         k1, k2 = jax.random.split(key)
         idx = jax.random.categorical(k1, bank.log_weights, shape=(n,))
-        return bank.particles[idx, :e] + jax.random.normal(k2, (n, e)) @ chol.T
+        return bank.particles[idx, :e] + jax.random.normal(k2, (n, e)) @ scale_tril.T
 
     return Method("gmje_smc", init, lambda p, st, emb: bank_loss(s, st, emb), update, density=density, sampler=sampler)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gje_jax import linalg
-from gje_jax.mixture import ConditionalMixture
+from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
 
 COVARIANCES = ("diag", "full")
 
@@ -26,17 +26,17 @@ class MDNHead(nn.Module):
       num_components: K.
       out_dim: d_t.
       hidden: widths of the ReLU trunk (layer-normed).
-      covariance: 'diag' (softplus scales + floor: ConditionalMixture with
-        diagonal=True, scales [N, K, d_t]) or 'full' (Cholesky factors [N, K, d_t, d_t]
-        with softplus diagonal + floor; K * d_t^2 outputs, for small d_t).
+      covariance: 'diag' (softplus scales + floor: a DiagonalConditionalMixture with
+        scale_diag [N, K, d_t]) or 'full' (a ConditionalMixture with Cholesky factors
+        [N, K, d_t, d_t], softplus diagonal + floor; K * d_t^2 outputs, for small d_t).
       floor: minimum standard deviation / Cholesky diagonal.
 
-    Call: c [N, d_c] -> ConditionalMixture with log_weights [N, K], means [N, K, d_t].
+    Call: c [N, d_c] -> (Diagonal)ConditionalMixture with log_weights [N, K], means [N, K, d_t].
 
     Example:
       >>> head = gje_jax.models.MDNHead(num_components=3, out_dim=2, hidden=(16,))
       >>> params = head.init(jax.random.key(0), jnp.zeros((1, 4)))
-      >>> cond = head.apply(params, jnp.ones((5, 4)))              # a ConditionalMixture
+      >>> cond = head.apply(params, jnp.ones((5, 4)))              # a DiagonalConditionalMixture
       >>> cond.mean().shape, cond.log_prob(jnp.zeros((5, 2))).shape
       ((5, 2), (5,))
     """
@@ -48,7 +48,7 @@ class MDNHead(nn.Module):
     floor: float = 1e-3
 
     @nn.compact
-    def __call__(self, c: jax.Array) -> ConditionalMixture:
+    def __call__(self, c: jax.Array) -> ConditionalMixture | DiagonalConditionalMixture:
         if self.covariance not in COVARIANCES:
             raise ValueError(f"MDNHead covariance must be one of {COVARIANCES}, got {self.covariance!r}.")
         if c.ndim != 2:
@@ -63,7 +63,7 @@ class MDNHead(nn.Module):
         if self.covariance == "diag":
             raw = nn.Dense(k * d, name="scales")(h).reshape(n, k, d)
             scales = jax.nn.softplus(raw) + self.floor
-            return ConditionalMixture(jax.nn.log_softmax(logits), means, scales, diagonal=True)
+            return DiagonalConditionalMixture(jax.nn.log_softmax(logits), means, scales)
         raw = nn.Dense(k * d * d, name="scale_trils")(h).reshape(n, k, d, d)
-        chols = linalg.scale_tril_from_unconstrained(raw, self.floor)
-        return ConditionalMixture(jax.nn.log_softmax(logits), means, chols)
+        scale_tril = linalg.scale_tril_from_unconstrained(raw, self.floor)
+        return ConditionalMixture(jax.nn.log_softmax(logits), means, scale_tril)

@@ -23,7 +23,7 @@ from gje_jax.mixture import GaussianMixture, component_log_probs
 @flax.struct.dataclass
 class EMState:
     """weights [K] (sum to one); means [K, D]; covs [K, D, D] (without the ridge);
-    chols [K, D, D] factors of the regularised covs (cached for the loss);
+    scale_tril [K, D, D] factors of the regularised covs (cached for the loss);
     initialized [] bool; num_reseeded [] int32 (cumulative, for logging).
 
     Example:
@@ -35,7 +35,7 @@ class EMState:
     weights: jax.Array
     means: jax.Array
     covs: jax.Array
-    chols: jax.Array
+    scale_tril: jax.Array
     initialized: jax.Array
     num_reseeded: jax.Array
 
@@ -60,7 +60,7 @@ class EMState:
     def mixture(self) -> GaussianMixture:
         """The current prototypes as a (stop-gradient) GaussianMixture."""
         s = jax.lax.stop_gradient(self)
-        return GaussianMixture(jnp.log(jnp.maximum(s.weights, 1e-30)), s.means, s.chols)
+        return GaussianMixture(jnp.log(jnp.maximum(s.weights, 1e-30)), s.means, s.scale_tril)
 
 
 def kmeans_plus_plus(key: jax.Array, z: jax.Array, num: int) -> jax.Array:
@@ -135,8 +135,8 @@ def _initialize(
     mean = jnp.where(counts[:, None] > 0, mean, centres)
     cov = (counts[:, None, None] * cov + glob) / (counts[:, None, None] + 1.0)
     weights = (counts + 1.0) / (n + k)
-    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
-    return EMState(weights, mean, cov, chols, jnp.ones((), bool), state.num_reseeded)
+    scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
+    return EMState(weights, mean, cov, scale_tril, jnp.ones((), bool), state.num_reseeded)
 
 
 def update(
@@ -196,7 +196,7 @@ def update(
         state,
     )
     log_w = jnp.log(jnp.maximum(state.weights, 1e-30))
-    comp, _ = component_log_probs(z, state.means, state.chols)
+    comp, _ = component_log_probs(z, state.means, state.scale_tril)
     joint = log_w + comp
     log_p = jax.nn.logsumexp(joint, axis=-1)
     resp = jnp.exp(joint - log_p[:, None])
@@ -222,8 +222,8 @@ def update(
     cov = jnp.where(dead[:, None, None], alive_cov, cov)
     weights = jnp.where(dead, 1.0 / k, weights)
     weights = weights / jnp.sum(weights)
-    chols = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
-    new = EMState(weights, mean, cov, chols, state.initialized, state.num_reseeded)
+    scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
+    new = EMState(weights, mean, cov, scale_tril, state.initialized, state.num_reseeded)
     new = new.replace(num_reseeded=state.num_reseeded + jnp.sum(dead).astype(jnp.int32))
     metrics = {
         "em_log_likelihood": jnp.mean(log_p),
