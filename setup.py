@@ -38,7 +38,7 @@ TEST = EXPERIMENTS + [
     "ipykernel>=6.29",
     "ruff>=0.6",
 ]
-BENCHMARKS = ["distrax>=0.1.5", "tfp-nightly", "scikit-learn>=1.4"]
+BENCHMARKS = ["distrax>=0.1.5", "tfp-nightly", "scikit-learn>=1.4", "grain>=0.2"]
 
 setup(
     name="gje_jax",

@@ -17,7 +17,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The documents holding tables, relative to the repository root.
-DOCUMENTS = ("README.md", "docs/vision_ablations.md")
+DOCUMENTS = ("README.md", "docs/results/ablations/index.md")
 _BLOCK = re.compile(r"(<!-- table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
 
 

@@ -19,12 +19,9 @@ from gje_jax import linalg
 
 # Whitened residuals (float32) per chunk in the forward pass, 8 MiB; the gradient's chunks
 # are half that. Chunks reuse cache-resident buffers (fresh large buffers cost page faults
-# on CPU), but a chunk's GEMM wants many rows and each chunk costs a loop step. Whole
-# log-density on 2 cores, ms at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32):
-# forward with 2 / 4 / 8 / 16 MiB chunks 1.28 / 1.10 / 1.02 / 0.91 (16 MiB is unchunked
-# there), 1.92 / 1.80 / 1.69 / 1.87, 2.74 / 2.59 / 2.47 / 2.77 (32 MiB: 15.9); value and
-# gradient with 2 / 4 / 8 MiB gradient chunks 5.2 / 4.8 / 14.0, 7.96 / 7.69 / 7.76,
-# 10.9 / 10.3 / 10.8.
+# on CPU), but a chunk's GEMM wants many rows and each chunk costs a loop step. 16 MiB is
+# slower; 4 MiB is as fast or faster (experiments/benchmarks/choices.py) but would change
+# the float summation order, so every published number, for a few percent.
 CHUNK_ELEMENTS = 1 << 21
 
 
@@ -50,9 +47,8 @@ def _sum_of_squares(y: jax.Array, axis: int, shift: jax.Array | None = None) -> 
     shift (optional) broadcasts against y and has y's length along `axis`.
 
     On CPU by pairwise halving (`_pairwise_sum_of_squares`), other backends by jnp.sum
-    (`_reduced_sum_of_squares`): XLA's CPU reduce over a short axis measured slower.
-    Whitened distances at (N, K, D) = (1024, 256, 16) / (4096, 16, 64) / (4096, 64, 32) /
-    (8192, 8, 256): 0.73 / 1.74 / 2.11 / 20.5 ms against 1.09 / 1.84 / 2.62 / 22.3.
+    (`_reduced_sum_of_squares`): XLA's CPU reduce over a short axis is slower where K is
+    large and D short, and the same elsewhere (experiments/benchmarks/choices.py).
     """
     args = (y,) if shift is None else (y, shift)
     cpu = functools.partial(_pairwise_sum_of_squares, axis=axis)
@@ -68,7 +64,7 @@ def _pairwise_sum_of_squares(y, shift=None, *, axis):
     """Slices are added level by level, which XLA fuses with the shift and the square into one
     elementwise pass after the GEMM. The shift and the square apply to the first level's
     slices, not before slicing: XLA's CPU fusion materialised an array that two slices read
-    (0.73 ms against 1.13 at (1024, 256, 16))."""
+    (timed in experiments/benchmarks/choices.py)."""
 
     def part(lo, hi):
         a = lax.slice_in_dim(y, lo, hi, axis=axis)
@@ -196,8 +192,8 @@ def _mahalanobis_bwd(rows, k, component_minor, res, g):
         y = _residuals(zc, mat, off, k, component_minor)
         yb = (2.0 * jnp.expand_dims(gc, g_axis) * y).reshape(zc.shape[0], -1)  # d|y|^2 / dy
         # The factor gradient is accumulated transposed, [D, K D]: the same product as
-        # yb.T @ zc, but XLA's CPU GEMM with the long K D axis as the output's minor one ran
-        # 2.5x faster (whole backward at (N, K, D) = (1024, 256, 16): 3.0 ms against 7.5).
+        # yb.T @ zc, but XLA's CPU GEMM runs faster with the long K D axis as the output's
+        # minor one (experiments/benchmarks/choices.py).
         return (dmat_t + zc.T @ yb, doff - jnp.sum(yb, axis=0)), yb @ mat
 
     init = (jnp.zeros_like(mat.T), jnp.zeros_like(off))
@@ -262,8 +258,8 @@ def _mahalanobis_one_bwd(res, g):
     scale_tril, y = res
     # r_bar = L^{-T} (2 g y): the cotangent of the residuals, one more solve.
     r_bar = _solve_rows_transposed(scale_tril, 2.0 * g[:, None] * y)
-    # dL = -tril(r_bar^T y): one dense GEMM (row-blocked lower-triangle-only GEMMs measured
-    # 1.5x slower on CPU for D = 512).
+    # dL = -tril(r_bar^T y): one dense GEMM (row blocks that skip the upper triangle gained
+    # nothing, experiments/benchmarks/choices.py).
     return r_bar, -jnp.sum(r_bar, axis=0), -jnp.tril(r_bar.T @ y)
 
 
@@ -295,9 +291,8 @@ def distances(z, means, scale_tril, w, chunk_elements):
     Why no solve for K = 1 on CPU: jaxlib's LAPACK there is OpenBLAS, whose threads keep
     spinning after each call and take the cores from whatever runs next, such as the rest of
     a training step (measured in `experiments/threads.py`). The GEMM path uses XLA's threads
-    only. Alone, it ran as fast as the solve at N = 4096 (forward 0.55 ms at D = 128, 5.5
-    against 5.7 at D = 512) and slower for small batches (0.23 against 0.15 ms at N = 128,
-    D = 256), which is small against what the spinning threads cost a step.
+    only; alone it is faster or slower than the solve by shape (experiments/benchmarks/
+    choices.py), which is small against what the spinning threads cost a step.
     """
 
     def by_gemm(z, means, scale_tril):

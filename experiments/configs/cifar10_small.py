@@ -2,7 +2,7 @@ r"""CIFAR-10 on CPU: a small ConvNet, a fixed budget of about 10 minutes per met
 
 2400 steps at batch 256 (about 12 epochs): 6-8 minutes per method on the 2-core machine of
 2026-11-29 (about 1500 images/s). Earlier 2-core machines ran about 3x slower, and the budget
-was 800 steps then; docs/vision_ablations.md keeps that table and the ablations made at it.
+was 800 steps then; docs/results/ablations/index.md keeps that table and the ablations made at it.
 
   python -m experiments.main --config=experiments/configs/cifar10_small.py:gmje --workdir=runs/c10/gmje
   python -m experiments.report_vision --config=experiments/configs/cifar10_small.py --workdir=runs/c10

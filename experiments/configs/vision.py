@@ -61,7 +61,7 @@ VISION_TUNING = dict(
     # GJE on images: the batch estimator falls into the trace trap here (a 256-image batch
     # against a 128-D joint: effective rank 1.7 and kNN 30.2 after 800 steps, below the
     # random encoder's 38.4); EMA statistics keep rank ~30 (kNN 45.8); a Gaussian learned
-    # by SGD with the encoder does best (kNN 50.6; all measured, docs/vision_ablations.md).
+    # by SGD with the encoder does best (kNN 50.6; all measured, docs/results/ablations/index.md).
     estimator="param",
     mdn_hidden=(256,),
     gng_capacity=32,
@@ -73,7 +73,7 @@ VISION_TUNING = dict(
 # reward packing the images into K tight clusters (GNG: embedding std 0.013 and kNN 28.2;
 # EM 35.3; MDN 35.6, below the random encoder's 38.4, measured at 800 steps). kNN at
 # k = 200 with pooled_eps_rel 0.5 / 2 / 8: EM 41.9 / 46.0 / 47.2, GNG 41.5 / 46.0 / 47.6,
-# MDN 40.8 / 48.2 / 48.5; 32 is no better (docs/vision_ablations.md). A ridge shaped like
+# MDN 40.8 / 48.2 / 48.5; 32 is no better (docs/results/ablations/index.md). A ridge shaped like
 # the total covariance (pooled_shape) at 8 gave EM 47.7, GNG 47.7; at 2400 steps (with the
 # fixed output scale of set_method_model) it beat the isotropic one: EM 48.3 against 47.4,
 # GNG 48.3 against 47.1.
@@ -102,7 +102,7 @@ def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
 
     VICReg's recipe regularises the covariance of a wide expander (Bardes et al. use 8192;
     the common CIFAR recipes 2048): with the 64-D embeddings of cifar10_small it reached
-    kNN 44.4 after 800 steps, with a 1024-wide expander 50.0 (docs/vision_ablations.md); every
+    kNN 44.4 after 800 steps, with a 1024-wide expander 50.0 (docs/results/ablations/index.md); every
     method that declares WIDE_EMBEDDING (Barlow Twins too) gets the expander. The density methods
     keep the recipe's embedding size: their joint covariance is (2E)^2.
     """
@@ -114,7 +114,7 @@ def set_method_model(c: ml_collections.ConfigDict, expander: int) -> None:
     # std grew from 1 to about 250 while the loss rose, and kNN fell below its 800-step value
     # (EM 47.2 -> 44.7, MDN 48.5 -> 46.2, GNG 47.6 -> 44.9). A batch-norm output without
     # affine parameters fixes the scale: EM 47.4, MDN 48.5, GNG 47.1 with the isotropic ridge
-    # (docs/vision_ablations.md).
+    # (docs/results/ablations/index.md).
     if _pooled(c):
         c.model.projector_out_norm = True
 

@@ -65,7 +65,7 @@ class MLP(nn.Module):
 class Conv3x3(nn.Module):
     """A 3x3 'SAME' convolution written as one matmul over the 9 shifted copies of the input
     (im2col by slicing). Same function as nn.Conv(features, (3, 3)); on CPU its gradient is
-    1.7x faster than XLA's convolution gradient, elsewhere about the same.
+    faster than XLA's convolution gradient (experiments/benchmarks/choices.py).
     [B, H, W, C] -> [B, H, W, features]."""
 
     features: int
