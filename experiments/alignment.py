@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gje_jax import fit_gaussian, methods
+from gje_jax import calibration, fit_gaussian, methods
 from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
 from gje_jax.data import synthetic
 from gje_jax.train import records
@@ -71,6 +71,23 @@ def _summaries(cond: ConditionalMixture, t, key, num_samples: int):
     return cond.sample(key, num_samples), cond.mean(), cond.log_prob(t), std
 
 
+@jax.jit(static_argnames="num_samples")
+def _pits(cond, t, key, num_samples: int):
+    """(HPD PIT [n], central PIT [n] or None for d_t > 1): see gje_jax.calibration."""
+    central = calibration.central_pit(cond, t, key, num_samples) if cond.dim == 1 else None
+    return calibration.hpd_pit(cond, t, key, num_samples), central
+
+
+def calibration_columns(cond, t, key, num_samples) -> tuple[dict, dict]:
+    """The table's coverage columns (HPD regions at calibration.LEVELS, and their ECE) and the
+    PITs behind them, for the calibration figure."""
+    u_hpd, u_central = jax.device_get(_pits(cond, jnp.asarray(t), key, num_samples))
+    cover = np.asarray(calibration.hpd_coverage(u_hpd))
+    row = {f"cover{round(100 * a)}": float(x) for a, x in zip(calibration.LEVELS, cover)}
+    row["ece"] = float(calibration.ece(cover))
+    return row, {"hpd": u_hpd, "central": u_central}
+
+
 def evaluate(task, cond: ConditionalMixture, c, t, key, num_samples) -> dict:
     samples, mean, log_prob, std = jax.device_get(_summaries(cond, jnp.asarray(t), key, num_samples))
     return {
@@ -82,15 +99,19 @@ def evaluate(task, cond: ConditionalMixture, c, t, key, num_samples) -> dict:
     }
 
 
-def evaluate_point(task, predict, c_train, t_train, c, t, num_samples) -> dict:
-    """A point prediction, scored as a one-component diagonal Gaussian with the training
-    residual variance (the NLL column only; its samples are the point itself)."""
+def residual_gaussian(predict, c_train, t_train, c) -> DiagonalConditionalMixture:
+    """A point prediction as a one-component diagonal Gaussian with the training residual
+    variance: what the point predictor's NLL and calibration are scored with."""
     var = np.mean((np.asarray(predict(jnp.asarray(c_train))) - t_train) ** 2, axis=0)
-    pred = np.asarray(predict(jnp.asarray(c)))
+    pred = jnp.asarray(predict(jnp.asarray(c)))
     n, d = pred.shape
-    gauss = DiagonalConditionalMixture(
-        jnp.zeros((n, 1)), jnp.asarray(pred)[:, None, :], jnp.broadcast_to(jnp.sqrt(var), (n, 1, d))
-    )
+    return DiagonalConditionalMixture(jnp.zeros((n, 1)), pred[:, None, :], jnp.broadcast_to(jnp.sqrt(var), (n, 1, d)))
+
+
+def evaluate_point(task, gauss: DiagonalConditionalMixture, c, t, num_samples) -> dict:
+    """A point prediction (the mean of `gauss`, its `residual_gaussian`), scored by that
+    Gaussian in the NLL column only; its samples are the point itself."""
+    pred = np.asarray(gauss.means[:, 0])
     point = np.repeat(pred[:, None, :], num_samples, axis=1)
     return {
         "nll": -float(np.mean(np.asarray(gauss.log_prob(jnp.asarray(t))))),
@@ -109,7 +130,7 @@ def run_task(config, task_name: str, workdir: str, progress=True) -> list[dict]:
     task = synthetic.make_task(task_name, **config.tasks[task_name].to_dict())
     c_te, t_te = task.sample(np.random.default_rng(config.train.seed + 1), config.num_test)
     truth_nll = -float(np.mean(task.true_log_prob(c_te, t_te)))
-    results, conditionals = [], {}
+    results, conditionals, pits = [], {}, {}
     key = jax.random.key(config.train.seed + 2)
     for label, settings in config.rows:
         if config.methods and settings["name"] not in config.methods and label not in config.methods:
@@ -125,9 +146,13 @@ def run_task(config, task_name: str, workdir: str, progress=True) -> list[dict]:
         else:
             kind, fn = conditional_fn(tc, state, c, t)
             if kind == "density":
-                row.update(evaluate(task, fn(jnp.asarray(c_te)), c_te, t_te, key, config.num_samples))
+                cond = fn(jnp.asarray(c_te))
+                row.update(evaluate(task, cond, c_te, t_te, key, config.num_samples))
             else:
-                row.update(evaluate_point(task, fn, c, t, c_te, t_te, config.num_samples))
+                cond = residual_gaussian(fn, c, t, c_te)
+                row.update(evaluate_point(task, cond, c_te, t_te, config.num_samples))
+            columns, pits[label] = calibration_columns(cond, t_te, key, config.num_calibration_samples)
+            row.update(columns)
             conditionals[label] = (kind, fn)
         row["truth_nll"] = truth_nll
         row["seconds"] = seconds
@@ -141,8 +166,10 @@ def run_task(config, task_name: str, workdir: str, progress=True) -> list[dict]:
     if conditionals:
         path = os.path.join(workdir, f"alignment_{task_name}.png")
         plot_task(task, c, t, conditionals, path, config.train.seed)
+        calibration_path = os.path.join(workdir, f"alignment_{task_name}_calibration.png")
+        plot_calibration(task.name, pits, calibration_path)
         for r in results:
-            r["figure"] = path
+            r["figure"], r["calibration_figure"] = path, calibration_path
     return results
 
 
@@ -205,7 +232,36 @@ def plot_task(task, c, t, conditionals, path, seed):
     plt.close(fig)
 
 
-COLUMNS = ("task", "method", "nll", "truth_nll", "precision", "recall", "mean_rmse", "cond_std", "seconds")
+def plot_calibration(task_name: str, pits: dict, path: str) -> None:
+    """Coverage of the HPD regions against their nominal level, one line per method, and the
+    PIT histogram (central PIT for 1-D targets, HPD PIT otherwise): flat at 1 when calibrated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = np.linspace(0.05, 0.95, 19)
+    fig, (ax_cov, ax_pit) = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    ax_cov.plot([0, 1], [0, 1], "k--", lw=1)
+    central = all(u["central"] is not None for u in pits.values())
+    for label, u in pits.items():
+        ax_cov.plot(levels, np.asarray(calibration.hpd_coverage(u["hpd"], levels)), marker=".", label=label)
+        hist = np.asarray(calibration.pit_histogram(u["central"] if central else u["hpd"], 10))
+        ax_pit.step(np.linspace(0, 1, 11), np.append(hist, hist[-1]), where="post", label=label)
+    ax_pit.axhline(1.0, color="k", ls="--", lw=1)
+    ax_cov.set(xlabel="nominal level", ylabel="coverage of the HPD region", title=f"{task_name}: coverage")
+    ax_pit.set(xlabel="central PIT" if central else "HPD PIT", ylabel="density", title=f"{task_name}: PIT histogram")
+    ax_cov.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+COLUMNS = (
+    ("task", "method", "nll", "truth_nll", "precision", "recall", "mean_rmse", "cond_std")
+    + tuple(f"cover{round(100 * a)}" for a in calibration.LEVELS)
+    + ("ece", "seconds")
+)
 
 
 def write_tables(results: list[dict], workdir: str, command: str) -> tuple[str, str]:
@@ -225,8 +281,10 @@ def write_tables(results: list[dict], workdir: str, command: str) -> tuple[str, 
             "\nnll: held-out -log p(t|c) (truth_nll: the true conditional's). precision: fraction of "
             "samples within 3 noise std of a true branch; recall: fraction of true branches reached; "
             "mean_rmse: E[t|c] against the true conditional mean; cond_std: mean predictive std. "
-            "The predictor's NLL uses a Gaussian with its training residual variance; its samples are "
-            "its point prediction.\n"
+            "coverN: fraction of held-out targets inside the N% highest-density region of p(t|c) (from "
+            "num_calibration_samples draws per context; N/100 when calibrated); ece: mean |coverage - "
+            "level| over the four levels. The predictor's NLL and coverage use a Gaussian with its "
+            "training residual variance; its samples (precision, recall) are its point prediction.\n"
         )
     return md_path, csv_path
 
@@ -245,6 +303,6 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
             print(f"task {task_name}:")
         results.extend(run_task(config, task_name, workdir, progress))
     md, csv_path = write_tables(results, workdir, command or "python -m experiments.main")
-    figures = sorted({r["figure"] for r in results if "figure" in r})
+    figures = sorted({r[k] for r in results for k in ("figure", "calibration_figure") if k in r})
     print(f"figures: {', '.join(figures)}\ntable: {md} (and {csv_path})")
     return results

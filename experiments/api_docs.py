@@ -32,6 +32,7 @@ MODULES = (
     "gje_jax.remedies.gng",
     "gje_jax.remedies.em",
     "gje_jax.evaluation",
+    "gje_jax.calibration",
     "gje_jax.sampling_metrics",
     "gje_jax.models",
     "gje_jax.data.augment",

@@ -6,7 +6,7 @@ Public API: densities (`GaussianMixture`, `ConditionalMixture`, `DiagonalConditi
 (`gje_jax.evaluation`) and metrics of unconditional samples (`gje_jax.sampling_metrics`).
 """
 
-from gje_jax import evaluation, linalg, losses, methods, models, remedies, sampling_metrics, settings
+from gje_jax import calibration, evaluation, linalg, losses, methods, models, remedies, sampling_metrics, settings
 from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
 from gje_jax.gaussian import (
     GaussianStats,
@@ -42,6 +42,7 @@ __all__ = [
     "component_log_probs",
     "effective_rank",
     "empirical_moments",
+    "calibration",
     "em",
     "evaluation",
     "fit_gaussian",

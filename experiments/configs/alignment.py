@@ -48,6 +48,8 @@ def get_config(arg: str = ""):
     c.methods = ()  # rows to run, by label or registry name; empty: every row of c.rows
     c.num_test = 2000
     c.num_samples = 32
+    # Draws per query for the calibration columns (u resolves 1 / this; 95% needs many).
+    c.num_calibration_samples = 1000
     # The training of every row: f_c an MLP whose 2-D output is the context embedding, the
     # target its own embedding; Adam at a constant rate (no warm-up, decay or clipping).
     t = base_config()
@@ -80,6 +82,7 @@ def get_config(arg: str = ""):
         t.log_every = 20
         t.batch_size = 64
         c.num_samples = 8
+        c.num_calibration_samples = 100
         c.method_tuning.bank_size = 256
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: '', 'full' or 'runlocal'.")
