@@ -19,14 +19,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from gje_jax import _validation as v
+from gje_jax._mahalanobis import CHUNK_ELEMENTS
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
-def hpd_pit(cond, t: jax.Array, key: jax.Array, num_samples: int = 1000) -> jax.Array:
-    """u_n = fraction of num_samples draws from p(. | c_n) with a higher density than t_n.
+def _draws_in_chunks(cond, key, num_samples: int, per_draw):
+    """Sum over num_samples draws s ~ p(. | c_n) of per_draw(s [N, b, d_t]) -> [N], taken b
+    draws at a time so that no more than about CHUNK_ELEMENTS of [N, b, K] live at once (a
+    bank of thousands of components times a thousand draws would not fit). Returns (sum [N],
+    the number of draws, num_samples rounded up to a multiple of b)."""
+    n, k, d = cond.means.shape
+    b = max(1, min(num_samples, CHUNK_ELEMENTS // max(1, n * k * max(d, 2))))
+    chunks = -(-num_samples // b)
 
-    cond: a conditional mixture over N queries; t: [N, d_t]. Returns [N] float32 in [0, 1].
+    def chunk(i):
+        return per_draw(cond.sample(jax.random.fold_in(key, i), b))
+
+    total = jnp.sum(jax.lax.map(chunk, jnp.arange(chunks)), axis=0)
+    return total, chunks * b
+
+
+def hpd_pit(cond, t: jax.Array, key: jax.Array, num_samples: int = 1000) -> jax.Array:
+    """u_n = fraction of draws from p(. | c_n) with a higher density than t_n.
+
+    cond: a conditional mixture over N queries; t: [N, d_t]. Returns [N] float32 in [0, 1],
+    from num_samples draws (rounded up to a whole number of memory-bounded chunks).
 
     Example:
       >>> cond = gje_jax.DiagonalConditionalMixture(jnp.zeros((2, 1)), jnp.zeros((2, 1, 1)), jnp.ones((2, 1, 1)))
@@ -36,22 +54,27 @@ def hpd_pit(cond, t: jax.Array, key: jax.Array, num_samples: int = 1000) -> jax.
     """
     num_samples = v.check_int(num_samples, "num_samples", minimum=1)
     log_p_t = cond.log_prob(t)  # validates t against cond
-    samples = cond.sample(key, num_samples)  # [N, S, d_t]
-    log_p_s = jax.vmap(cond.log_prob, in_axes=1, out_axes=1)(samples)  # [N, S]
-    return jnp.mean(log_p_s > log_p_t[:, None], axis=1)
+
+    def denser(s):  # [N, b, d_t] -> [N] count of draws denser than the target
+        log_p_s = jax.vmap(cond.log_prob, in_axes=1, out_axes=1)(s)  # [N, b]
+        return jnp.sum(log_p_s > log_p_t[:, None], axis=1)
+
+    count, total = _draws_in_chunks(cond, key, num_samples, denser)
+    return count / total
 
 
 def central_pit(cond, t: jax.Array, key: jax.Array, num_samples: int = 1000) -> jax.Array:
-    """u_n = fraction of num_samples draws from p(. | c_n) at or below t_n (d_t = 1 only).
+    """u_n = fraction of draws from p(. | c_n) at or below t_n (d_t = 1 only).
 
-    cond: a conditional mixture with d_t = 1 over N queries; t: [N, 1]. Returns [N] in [0, 1].
+    cond: a conditional mixture with d_t = 1 over N queries; t: [N, 1]. Returns [N] in [0, 1],
+    from num_samples draws (rounded up as in `hpd_pit`).
     """
     num_samples = v.check_int(num_samples, "num_samples", minimum=1)
     if cond.dim != 1:
         raise ValueError(f"central_pit needs 1-D targets (d_t = 1), got d_t = {cond.dim}; use hpd_pit.")
     cond.log_prob(t)  # the same shape and value checks as the density
-    samples = cond.sample(key, num_samples)[..., 0]  # [N, S]
-    return jnp.mean(samples <= t, axis=1)
+    count, total = _draws_in_chunks(cond, key, num_samples, lambda s: jnp.sum(s[..., 0] <= t, axis=1))
+    return count / total
 
 
 def _levels(levels) -> jax.Array:
