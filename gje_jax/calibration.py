@@ -26,11 +26,11 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 def _draws_in_chunks(cond, key, num_samples: int, per_draw):
     """Sum over num_samples draws s ~ p(. | c_n) of per_draw(s [N, b, d_t]) -> [N], taken b
-    draws at a time so that no more than about CHUNK_ELEMENTS of [N, b, K] live at once (a
+    draws at a time so that no more than about 4 CHUNK_ELEMENTS of [N, b, K] live at once (a
     bank of thousands of components times a thousand draws would not fit). Returns (sum [N],
     the number of draws, num_samples rounded up to a multiple of b)."""
     n, k, d = cond.means.shape
-    b = max(1, min(num_samples, CHUNK_ELEMENTS // max(1, n * k * max(d, 2))))
+    b = max(1, min(num_samples, 4 * CHUNK_ELEMENTS // max(1, n * k * max(d, 2))))
     chunks = -(-num_samples // b)
 
     def chunk(i):

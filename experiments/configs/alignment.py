@@ -48,8 +48,8 @@ def get_config(arg: str = ""):
     c.methods = ()  # rows to run, by label or registry name; empty: every row of c.rows
     c.num_test = 2000
     c.num_samples = 32
-    # Draws per query for the calibration columns (u resolves 1 / this; 95% needs many).
-    c.num_calibration_samples = 1000
+    # Draws per query for the calibration columns (coverage resolves levels to 1 / this).
+    c.num_calibration_samples = 200
     # The training of every row: f_c an MLP whose 2-D output is the context embedding, the
     # target its own embedding; Adam at a constant rate (no warm-up, decay or clipping).
     t = base_config()
