@@ -76,7 +76,14 @@ def test_two_branch_gmje_recovers_modes_predictor_lands_between(tmp_path, one_de
     for label in ("GJE batch, lambda_geo=1", "GJE ema", "GJE param"):
         assert by[label]["cond_std"] >= 0.9 and by[label]["precision"] < 0.5, by[label]
     assert gmje["nll"] < by["GJE batch, lambda_geo=1"]["nll"] - 1.0
+    # Calibration: coverage grows with the level; one Gaussian over two branches is visibly
+    # miscalibrated (ECE 0.12 at full size), the mixture much less (0.005 there).
+    for r in rows:
+        covers = [r[f"cover{p}"] for p in (50, 80, 90, 95)]
+        assert covers == sorted(covers) and 0.0 <= covers[0] and covers[-1] <= 1.0, r
+    assert gmje["ece"] < by["GJE batch, lambda_geo=1"]["ece"] - 0.05, (gmje, by["GJE batch, lambda_geo=1"])
     assert os.path.exists(tmp_path / "alignment_two_branch.png")
+    assert os.path.exists(tmp_path / "alignment_two_branch_calibration.png")
     with open(tmp_path / "alignment_results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert "| two_branch | GMJE prototypes (SGD) |" in open(tmp_path / "alignment_results.md").read()
