@@ -68,6 +68,11 @@ def central_pit(cond, t: jax.Array, key: jax.Array, num_samples: int = 1000) -> 
 
     cond: a conditional mixture with d_t = 1 over N queries; t: [N, 1]. Returns [N] in [0, 1],
     from num_samples draws (rounded up as in `hpd_pit`).
+
+    Example:
+      >>> cond = gje_jax.DiagonalConditionalMixture(jnp.zeros((2, 1)), jnp.zeros((2, 1, 1)), jnp.ones((2, 1, 1)))
+      >>> gje_jax.calibration.central_pit(cond, jnp.array([[-5.0], [5.0]]), jax.random.key(0), 200).tolist()
+      [0.0, 1.0]
     """
     num_samples = v.check_int(num_samples, "num_samples", minimum=1)
     if cond.dim != 1:
@@ -95,18 +100,33 @@ def hpd_coverage(u: jax.Array, levels=LEVELS) -> jax.Array:
 
 
 def central_coverage(u: jax.Array, levels=LEVELS) -> jax.Array:
-    """Fraction of targets inside each central level-a interval, from u = central_pit(...): [L]."""
+    """Fraction of targets inside each central level-a interval, from u = central_pit(...): [L].
+
+    Example:
+      >>> gje_jax.calibration.central_coverage(jnp.array([0.02, 0.4, 0.55, 0.97]), (0.5, 0.9)).tolist()
+      [0.5, 0.5]
+    """
     return jnp.mean(jnp.abs(u[:, None] - 0.5) <= _levels(levels)[None, :] / 2, axis=0)
 
 
 def ece(coverage: jax.Array, levels=LEVELS) -> jax.Array:
-    """Expected calibration error: mean over levels of |coverage(a) - a|. coverage: [L] -> []."""
+    """Expected calibration error: mean over levels of |coverage(a) - a|. coverage: [L] -> [].
+
+    Example:
+      >>> round(float(gje_jax.calibration.ece(jnp.array([0.4, 0.9]), (0.5, 0.8))), 6)
+      0.1
+    """
     return jnp.mean(jnp.abs(coverage - _levels(levels)))
 
 
 def pit_histogram(u: jax.Array, bins: int = 10) -> jax.Array:
     """Counts of u in `bins` equal bins of [0, 1], normalised to a density (1 everywhere for a
-    calibrated model): [bins]."""
+    calibrated model): [bins].
+
+    Example:
+      >>> gje_jax.calibration.pit_histogram(jnp.array([0.1, 0.3, 0.6, 0.9]), bins=2).tolist()
+      [1.0, 1.0]
+    """
     bins = v.check_int(bins, "bins", minimum=1)
     idx = jnp.clip(jnp.floor(u * bins).astype(jnp.int32), 0, bins - 1)
     return jnp.bincount(idx, length=bins) * (bins / u.shape[0])

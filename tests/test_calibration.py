@@ -27,20 +27,20 @@ def test_a_mis_scaled_gaussian_covers_what_the_normal_cdf_says(scale):
     # Model std = scale * true std: the level-a interval mu +- scale sigma z_a holds a true
     # target with probability 2 Phi(scale z_a) - 1 (central and HPD regions agree here).
     rng = np.random.default_rng(0)
-    cond, t = _gaussian_1d(rng, 10000, 0.7 * scale)
+    cond, t = _gaussian_1d(rng, 5000, 0.7 * scale)
     want = 2 * scipy.stats.norm.cdf(scale * scipy.stats.norm.ppf((1 + LEVELS) / 2)) - 1
     key = jax.random.key(1)
     central = cal.central_coverage(cal.central_pit(cond, t, key, 200))
     hpd = cal.hpd_coverage(cal.hpd_pit(cond, t, key, 200))
-    np.testing.assert_allclose(central, want, atol=0.02)
-    np.testing.assert_allclose(hpd, want, atol=0.02)
+    np.testing.assert_allclose(central, want, atol=0.03)
+    np.testing.assert_allclose(hpd, want, atol=0.03)
     np.testing.assert_allclose(float(cal.ece(hpd)), np.mean(np.abs(want - LEVELS)), atol=0.01)
 
 
 def test_hpd_regions_of_a_full_covariance_gaussian_follow_the_chi2_law():
     # 2-D, model covariance s^2 Sigma: the level-a region {M <= s^2 chi2_2(a)} with M ~ chi2_2.
     rng = np.random.default_rng(2)
-    n, s = 10000, 1.3
+    n, s = 5000, 1.3
     a = rng.normal(size=(2, 2))
     sigma = a @ a.T + 0.5 * np.eye(2)
     chol = np.linalg.cholesky(sigma)
@@ -51,13 +51,13 @@ def test_hpd_regions_of_a_full_covariance_gaussian_follow_the_chi2_law():
     )
     got = cal.hpd_coverage(cal.hpd_pit(cond, jnp.asarray(t, jnp.float32), jax.random.key(3), 200))
     want = scipy.stats.chi2.cdf(s**2 * scipy.stats.chi2.ppf(LEVELS, 2), 2)
-    np.testing.assert_allclose(got, want, atol=0.02)
+    np.testing.assert_allclose(got, want, atol=0.03)
 
 
 def test_a_calibrated_bimodal_mixture_has_uniform_pit_and_small_ece():
     # t drawn from the very mixture that scores it: u is uniform (KS test) at every query.
     rng = np.random.default_rng(4)
-    n = 8000
+    n = 5000
     lw = np.log(np.array([0.7, 0.3]))
     means = np.stack([rng.normal(size=n) - 1.5, rng.normal(size=n) + 1.5], 1)[..., None]  # [n, 2, 1]
     stds = np.array([0.3, 0.6])
