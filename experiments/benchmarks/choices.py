@@ -207,15 +207,14 @@ def main():
         f"alternative / chosen, median (range of {a.repeats})",
         "verdict",
     ]
-    text = (
-        f"# Kernel layout choices\n\n{records.provenance()} Device: {jax.devices()[0].device_kind}.\n\n"
-        + common.markdown_table(header, rows)
-        + "\n"
+    common.report(
+        "Kernel layout choices",
+        f"{records.provenance()} Device: {jax.devices()[0].device_kind}.",
+        header,
+        rows,
+        a.out,
+        f"python -m experiments.benchmarks.choices --out={a.out}",
     )
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + f"\nCommand: python -m experiments.benchmarks.choices --out={a.out}\n")
 
 
 if __name__ == "__main__":

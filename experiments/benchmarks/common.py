@@ -112,6 +112,17 @@ def matmul_gflops(n: int = 2048) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
+def report(title: str, intro: str, header: list[str], rows: list[list], out: str | None, command: str) -> str:
+    """Prints a benchmark's markdown report (a title, a line of context, the table) and, with
+    `out`, writes it there followed by the command that made it. Returns the text."""
+    text = f"# {title}\n\n{intro}\n\n" + markdown_table(header, rows) + "\n"
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + f"\nCommand: {command}\n")
+    return text
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]

@@ -70,15 +70,14 @@ def main():
     step = step_time_ms(net, method, make_optimizer(cfg.optim, 100), data)
     table = [[name, f"{ms:.3f}", f"{100 * ms / step:.2f}%"] for name, ms in rows]
     table.append([f"cifar10_small train step ({name}, batch {b})", f"{step:.1f}", "100%"])
-    text = (
-        f"# Input pipeline: host cost of one batch\n\n{records.provenance()} grain {version('grain')}.\n\n"
-        + common.markdown_table(["what", "ms per batch", "of the train step"], table)
-        + "\n"
+    common.report(
+        "Input pipeline: host cost of one batch",
+        f"{records.provenance()} grain {version('grain')}.",
+        ["what", "ms per batch", "of the train step"],
+        table,
+        a.out,
+        f"python -m experiments.benchmarks.input_pipeline --out={a.out}",
     )
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + f"\nCommand: python -m experiments.benchmarks.input_pipeline --out={a.out}\n")
 
 
 if __name__ == "__main__":

@@ -75,16 +75,15 @@ def main():
     table = [["SimCLR train step (reference)", f"{ref:.1f}", "100%"]] + [
         [name, f"{ms:.1f}", f"{100 * ms / ref:.1f}%"] for name, ms in rows
     ]
-    text = (
-        f"# State-update benchmark\n\njax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{jax.devices()[0].device_kind}; encoder {a.encoder}, batch {a.batch}, joint D = {2 * a.embed}\n\n"
-        + common.markdown_table(["what", "ms", "of the step"], table)
-        + "\n"
+    common.report(
+        "State-update benchmark",
+        f"jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"{jax.devices()[0].device_kind}; encoder {a.encoder}, batch {a.batch}, joint D = {2 * a.embed}",
+        ["what", "ms", "of the step"],
+        table,
+        a.out,
+        f"python -m experiments.benchmarks.state_updates --out={a.out}",
     )
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + f"\nCommand: python -m experiments.benchmarks.state_updates --out={a.out}\n")
 
 
 if __name__ == "__main__":
