@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gje_jax.mixture import ConditionalMixture, GaussianMixture
+from gje_jax.conditional import ConditionalMixture, DiagonalConditionalMixture
+from gje_jax.mixture import GaussianMixture
 
 
 class Embeddings(NamedTuple):
@@ -62,7 +63,8 @@ class Method:
     Capabilities (read by experiments instead of method names):
     density(params, state) -> the GaussianMixture over [c ; t] the method holds; None when
       it holds none;
-    conditional(params, state, c) -> ConditionalMixture p(t | c) for c [N, d_c]; None when
+    conditional(params, state, c) -> p(t | c) for c [N, d_c], a ConditionalMixture or a
+      DiagonalConditionalMixture (gje_jax.conditional); None when
       p(t | c) is density(...).condition(c) or there is no density;
     batch_density: its density is the Gaussian of the embeddings themselves (fitted to
       whatever embeddings it is asked about; GJE's batch estimator);
@@ -87,7 +89,7 @@ class Method:
     loss: Callable[[Any, Any, Embeddings], tuple[jax.Array, dict]]
     update: Callable[[Any, Embeddings, Any, jax.Array], tuple[Any, dict]] = _no_update
     density: Callable[[Any, Any], GaussianMixture] | None = None
-    conditional: Callable[[Any, Any, jax.Array], ConditionalMixture] | None = None
+    conditional: Callable[[Any, Any, jax.Array], ConditionalMixture | DiagonalConditionalMixture] | None = None
     batch_density: bool = False
     sampler: Callable[[Any, Any, jax.Array, int, int], jax.Array] | None = None
     predict: Callable[[Any, Any, jax.Array], jax.Array] | None = None
