@@ -27,7 +27,7 @@ from gje_jax.train import records
 from gje_jax.train.optim import make_optimizer
 
 from . import common
-from .train_step import step_time_ms
+from .train_step import reference_method, step_time_ms
 
 
 def _per_batch_ms(next_batch, n: int = 200) -> float:
@@ -61,14 +61,13 @@ def main():
 
     from ..configs.cifar10_small import get_config
 
-    # A method without state updates (the registry's first), as in state_updates.py.
-    name = next(n for n in methods.names() if not methods.build(methods.default_settings(n)).probabilistic)
+    name = reference_method()
     cfg = get_config(name)
     net = build_network(cfg.model)
     method = methods.build(cfg.method)
     data = {"x": jax.random.normal(jax.random.key(0), (b, 32, 32, 3))}
     step = step_time_ms(net, method, make_optimizer(cfg.optim, 100), data)
-    table = [[name, f"{ms:.3f}", f"{100 * ms / step:.2f}%"] for name, ms in rows]
+    table = [[what, f"{ms:.3f}", f"{100 * ms / step:.2f}%"] for what, ms in rows]
     table.append([f"cifar10_small train step ({name}, batch {b})", f"{step:.1f}", "100%"])
     common.report(
         "Input pipeline: host cost of one batch",

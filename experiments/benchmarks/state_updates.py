@@ -23,7 +23,7 @@ from gje_jax.train.optim import make_optimizer
 
 from ..configs.common import base_config
 from . import common
-from .train_step import step_time_ms
+from .train_step import reference_method, step_time_ms
 
 
 def step_ms(encoder: str, batch: int, embed: int) -> float:
@@ -31,8 +31,7 @@ def step_ms(encoder: str, batch: int, embed: int) -> float:
     cfg.model = model_config(encoder, projector="bn", projector_hidden=(512,), embed_dim=embed)
     net = build_network(cfg.model)
     # The step of a method without state updates: the reference the updates are timed against.
-    name = next(n for n in methods.names() if not methods.build(methods.default_settings(n)).probabilistic)
-    method = methods.build(methods.default_settings(name))
+    method = methods.build(methods.default_settings(reference_method()))
     data = {"x": jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))}
     return step_time_ms(net, method, make_optimizer(cfg.optim, 100), data)
 

@@ -40,6 +40,12 @@ def views(batch, key):
     return x + 0.1 * jax.random.normal(ka, x.shape), x + 0.1 * jax.random.normal(kb, x.shape)
 
 
+def reference_method() -> str:
+    """The registry's first method without a density or state updates: what the other
+    methods' costs are set against."""
+    return next(n for n in methods.names() if not methods.build(methods.default_settings(n)).probabilistic)
+
+
 def step_time_ms(net, method, tx, data) -> float:
     """Median ms of one jitted, state-donating train step on `data` (after warm-up)."""
     state = jax.jit(functools.partial(create_state, network=net, method=method, tx=tx))(
