@@ -1,5 +1,23 @@
 """Prototype GMJE: K learnable Gaussian components over [c ; t], trained by SGD with the
-encoder (METHOD section 3)."""
+encoder (METHOD section 4, `sgd`).
+
+Which density is trained and which one is handed out: the same one. Means and Cholesky
+factors are trained by SGD; the prior weights are, by default (prior='usage'), the EMA of
+the components' mean responsibilities on the batches (stop-gradient state). That is the
+M-step of EM for the weights: the point where the NLL's gradient in the logits,
+softmax(logits) - mean responsibility, vanishes. Learned logits (prior='learned', METHOD's
+literal reading) head for the same point, but an optimiser step moves a logit by about the
+learning rate, so a component that stops explaining data keeps its prior mass for
+thousands of steps (measured: 58% of the prior on such components after 1500 steps).
+
+The state also carries re-seeding (METHOD section 4's dead components, for SGD too): a
+component whose usage falls below dead_threshold is moved to a badly explained batch sample
+with the live components' average covariance and enters with the weight it earns
+(`gje_jax.remedies.reseed`). Parameters are never written by `update`: the state holds an
+offset added to them (params + offset is the component), so re-seeding moves a component
+while the optimiser's moments and the gradient (d(params + offset) / d params = 1) stay as
+they were. init='kmeans++' seeds the components the same way from the first batch.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +25,53 @@ import jax
 import jax.numpy as jnp
 
 from gje_jax import linalg
+from gje_jax.gaussian import regularize
 from gje_jax.methods.base import Method
-from gje_jax.methods.shared import FLOOR, NUM_COMPONENTS, OBJECTIVE, geometry_settings, mixture_loss
-from gje_jax.mixture import GaussianMixture
-from gje_jax.settings import nonnegative
+from gje_jax.methods.shared import (
+    DEAD_THRESHOLD,
+    FLOOR,
+    NUM_COMPONENTS,
+    OBJECTIVE,
+    geometry_settings,
+    mixture_loss,
+)
+from gje_jax.mixture import GaussianMixture, component_log_probs
+from gje_jax.remedies import em, reseed
+from gje_jax.settings import Setting, choice, fraction, nonnegative
 
 TITLE = "GMJE prototypes (SGD)"
+PRIORS = ("usage", "learned")
 SETTINGS = {
     "num_components": NUM_COMPONENTS,
     "objective": OBJECTIVE,
     **geometry_settings(),
+    "prior": choice(
+        "usage",
+        "prior weights: usage (EMA of the mean responsibilities, stop-gradient; the M-step of EM) | "
+        "learned (trainable logits)",
+        PRIORS,
+    ),
     "lambda_bal": nonnegative(0.1, "weight of the balance term KL(mean responsibility || prior weights)"),
+    "reseed": Setting(True, "re-seed components whose usage falls below dead_threshold", "bool"),
+    "dead_threshold": DEAD_THRESHOLD.only_when(lambda s: s.reseed, "reseed=True"),
+    "usage_momentum": fraction(0.9, "EMA momentum of the components' usage (mean responsibility)").only_when(
+        lambda s: s.prior == "usage" or s.reseed, "prior='usage' or reseed=True"
+    ),
+    "init": choice(
+        "kmeans++",
+        "initial components: kmeans++ (from the first batch) | random (standard normal means, I)",
+        ("kmeans++", "random"),
+    ),
     "floor": FLOOR,
 }
 SMOKE = {"num_components": 3}
-IDENTITY = ("num_components",)
+IDENTITY = ("num_components", "prior")
+
+
+def _scale_tril_above_floor(scale_tril, floor):
+    # unconstrained_from_scale_tril needs a diagonal above the floor.
+    d = jnp.diagonal(scale_tril, axis1=-2, axis2=-1)
+    return scale_tril + (jnp.maximum(d, 1.01 * floor) - d)[..., None] * jnp.eye(d.shape[-1], dtype=d.dtype)
 
 
 def build(s) -> Method:
@@ -31,23 +81,95 @@ def build(s) -> Method:
       >>> from gje_jax import methods
       >>> method = methods.build(methods.default_settings("gmje", num_components=3))
       >>> params, state = method.init(jax.random.key(0), 2, 2)
-      >>> method.density(params, state).num_components
-      3
+      >>> method.density(params, state).num_components, sorted(params)   # prior='usage': no logits
+      (3, ['means', 'raw'])
     """
+    learned = s.prior == "learned"
+    track = s.prior == "usage" or s.reseed
 
     def init(key, dc, dt):
         d, k = dc + dt, s.num_components
         params = {
-            "logits": jnp.zeros((k,)),
             "means": jax.random.normal(key, (k, d)),
             "raw": jnp.broadcast_to(linalg.unconstrained_from_scale_tril(jnp.eye(d), s.floor), (k, d, d)),
         }
-        return params, {}
+        if learned:
+            params["logits"] = jnp.zeros((k,))
+        state = {
+            "usage": jnp.full((k,), 1.0 / k),
+            "offset": jax.tree.map(jnp.zeros_like, params),
+            "initialized": jnp.zeros((), bool),
+        }
+        return params, state
+
+    def components(params, state):
+        # The components are params + offset (see the module docstring).
+        return jax.tree.map(jnp.add, params, jax.lax.stop_gradient(state["offset"]))
+
+    def log_prior(p, state):
+        if learned:
+            return p["logits"]
+        return jnp.log(jnp.maximum(jax.lax.stop_gradient(state["usage"]), 1e-30))
 
     def density(params, state):
-        return GaussianMixture.from_unconstrained(params["logits"], params["means"], params["raw"], s.floor)
+        p = components(params, state)
+        return GaussianMixture.from_unconstrained(log_prior(p, state), p["means"], p["raw"], s.floor)
 
     def loss(params, state, emb):
         return mixture_loss(s, emb, density(params, state), s.lambda_bal)
 
-    return Method("gmje", init, loss, density=density)
+    def place(params, state, where, weights, means, scale_tril):
+        """The state whose components at `where` [K] are (means, scale_tril) and whose
+        prior is `weights` [K] (all components)."""
+        raw = linalg.unconstrained_from_scale_tril(_scale_tril_above_floor(scale_tril, s.floor), s.floor)
+        off = dict(state["offset"])
+        off["means"] = jnp.where(where[:, None], means - params["means"], off["means"])
+        off["raw"] = jnp.where(where[:, None, None], raw - params["raw"], off["raw"])
+        if learned:  # softmax(logits + offset) = weights
+            off["logits"] = jnp.log(jnp.maximum(weights, 1e-30)) - params["logits"]
+        return dict(state, offset=off, usage=weights)
+
+    def seed(params, state, z, key):
+        weights, means, covs = em.kmeans_moments(key, z, s.num_components)
+        scale_tril = linalg.cholesky(regularize(covs, s.eps_rel, s.eps_abs))
+        everywhere = jnp.ones((s.num_components,), bool)
+        return dict(place(params, state, everywhere, weights, means, scale_tril), initialized=jnp.ones((), bool))
+
+    def update(state, emb, online, key):
+        params = online["method"]
+        z = emb.joint()
+        k_init, k_seed = jax.random.split(key)
+        if s.init == "kmeans++":
+            state = jax.lax.cond(state["initialized"], lambda st: st, lambda st: seed(params, st, z, k_init), state)
+        metrics = {}
+        if not track:
+            return state, metrics
+        mix = jax.lax.stop_gradient(density(params, state))
+        comp, _ = component_log_probs(z, mix.means, mix.scale_tril)
+        joint = jax.nn.log_softmax(mix.log_weights) + comp
+        log_p = jax.nn.logsumexp(joint, axis=-1)
+        share = jnp.mean(jnp.exp(joint - log_p[:, None]), axis=0)
+        usage = s.usage_momentum * state["usage"] + (1.0 - s.usage_momentum) * share
+        state = dict(state, usage=usage)
+        metrics["usage_min"] = jnp.min(usage)
+        if s.reseed:
+            k = s.num_components
+            dead = usage < reseed.default_threshold(k, s.dead_threshold or None)
+
+            def go(st):
+                covs = mix.scale_tril @ jnp.swapaxes(mix.scale_tril, -1, -2)
+                live = jnp.where(dead, 0.0, usage)
+                alive_cov = jnp.sum(live[:, None, None] * covs, 0) / jnp.maximum(jnp.sum(live), 1e-30)
+                means = jnp.where(dead[:, None], z[reseed.picks(k_seed, log_p, k)], mix.means)
+                scale_tril = jnp.where(dead[:, None, None], linalg.cholesky(alive_cov), mix.scale_tril)
+                before = usage if not learned else jax.nn.softmax(mix.log_weights)
+                weights = reseed.earned_weights(z, before / jnp.sum(before), means, scale_tril, dead)
+                new = place(params, st, dead, weights, means, scale_tril)
+                # The usage of the live components is what they were measured at.
+                return dict(new, usage=jnp.where(dead, weights, usage) if learned else weights)
+
+            state = jax.lax.cond(jnp.any(dead), go, lambda st: st, state)
+            metrics["reseeded"] = jnp.sum(dead).astype(jnp.float32)
+        return state, metrics
+
+    return Method("gmje", init, loss, update, density=density)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gje_jax.methods.base import Method
 from gje_jax.methods.shared import (
+    DEAD_THRESHOLD,
     EM_MOMENTUM,
     NUM_COMPONENTS,
     OBJECTIVE,
@@ -14,7 +15,7 @@ from gje_jax.methods.shared import (
     mixture_loss,
 )
 from gje_jax.remedies import em
-from gje_jax.settings import nonnegative
+from gje_jax.settings import choice
 
 TITLE = "GMJE online EM"
 SETTINGS = {
@@ -22,7 +23,13 @@ SETTINGS = {
     "objective": OBJECTIVE,
     **geometry_settings(),
     "em_momentum": EM_MOMENTUM,
-    "dead_threshold": nonnegative(0.0, "weight below which a component is re-seeded; 0 = 1 / (10 K)"),
+    "dead_threshold": DEAD_THRESHOLD,
+    "reseed_weight": choice(
+        "earned",
+        "prior weight of a re-seeded component: earned (its mean responsibility on the batch) | uniform "
+        "(1 / K, the behaviour before December 2026, kept so the image tables made with it reproduce)",
+        em.RESEED_WEIGHTS,
+    ),
     "pooled_eps_rel": POOLED_EPS_REL,
     "pooled_shape": POOLED_SHAPE,
 }
@@ -58,6 +65,7 @@ def build(s) -> Method:
             eps_abs=s.eps_abs,
             pooled_eps_rel=s.pooled_eps_rel,
             pooled_shape=s.pooled_shape,
+            reseed_weight=s.reseed_weight,
         )
         return {"em": new}, metrics
 

@@ -22,8 +22,20 @@ SETTINGS = {
     "resampling": choice("systematic", "resampling scheme", tuple(sorted(SCHEMES))),
     "rejuvenation": nonnegative(0.0, "jitter of resampled particles, in kernel standard deviations"),
     "age_penalty": nonnegative(0.0, "log-weight lost per step of age"),
-    "bank_tempering": fraction(1.0, "reweight by KDE^bank_tempering (tempered SMC; 1 = plain)", high_open=False),
-    "bank_kernel": choice("shared", "kernel: shared (EMA covariance x Silverman) | isotropic", ("shared", "isotropic")),
+    "bank_ess_target": fraction(
+        0.5,
+        "adaptive tempering: reweight by KDE^delta with delta the largest in [0, 1] that keeps the bank's "
+        "ESS at least bank_ess_target x its size (bisection); 0 = the fixed bank_tempering",
+    ),
+    "bank_tempering": fraction(
+        1.0, "reweight by KDE^bank_tempering (tempered SMC; 1 = plain)", high_open=False
+    ).only_when(lambda s: s.bank_ess_target == 0, "bank_ess_target=0"),
+    "bank_kernel": choice(
+        "bank",
+        "kernel: bank (the bank's weighted covariance x Silverman's factor at its ESS) | shared (EMA "
+        "covariance of the batches x Silverman's factor at the bank's capacity) | isotropic (h I)",
+        ("bank", "shared", "isotropic"),
+    ),
     "bank_bandwidth": positive(0.1, "h of the isotropic kernel").only_when(
         lambda s: s.bank_kernel == "isotropic", "bank_kernel='isotropic'"
     ),
@@ -76,6 +88,8 @@ def kernel_scale_tril(s, state) -> jax.Array:
     bank: smc.ParticleBank = state["bank"]
     if s.bank_kernel == "isotropic":
         return s.bank_bandwidth * jnp.eye(bank.dim)
+    if s.bank_kernel == "bank":
+        return smc.bank_kernel_scale_tril(bank, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
     return smc.kernel_scale_tril(state["stats"].cov, bank.capacity, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
 
 
@@ -138,7 +152,9 @@ def build(s) -> Method:
 
     def update(state, emb, online, key):
         z = emb.joint()
-        stats = state["stats"].update(z, s.momentum)
+        # The EMA statistics are read by the 'shared' kernel only; kept in every state so
+        # the state's structure does not depend on the kernel.
+        stats = state["stats"].update(z, s.momentum) if s.bank_kernel == "shared" else state["stats"]
         bank, metrics = smc.update(
             state["bank"],
             z,
@@ -149,6 +165,7 @@ def build(s) -> Method:
             age_penalty=s.age_penalty,
             rejuvenation=s.rejuvenation,
             tempering=s.bank_tempering,
+            ess_target=s.bank_ess_target,
         )
         return {"bank": bank, "stats": stats}, metrics
 

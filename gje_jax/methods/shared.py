@@ -21,6 +21,7 @@ FLOOR = positive(1e-3, "minimum Cholesky diagonal of a learned density")
 NUM_COMPONENTS = integer(8, "number of mixture components K")
 OBJECTIVE = choice("joint", "what the mixture NLL scores: the joint [c ; t] or p(t | c)", OBJECTIVES)
 MOMENTUM = fraction(0.99, "EMA momentum of running statistics")
+DEAD_THRESHOLD = nonnegative(0.0, "weight below which a component is re-seeded; 0 = 1 / (10 K)")
 EM_MOMENTUM = fraction(0.9, "EMA momentum of the mixture's sufficient statistics")
 POOLED_EPS_REL = nonnegative(
     0.0,

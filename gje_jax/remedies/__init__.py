@@ -12,10 +12,11 @@ gmje_gng, gmje_smc) wrap:
 - a read-out of the density the state defines (`EMState.mixture`, `gng.mixture`, the
   kernel densities of `smc`).
 
-`resampling` holds the particle resampling schemes the SMC bank uses.
+`resampling` holds the particle resampling schemes the SMC bank uses; `reseed` where a
+dead mixture component goes and the weight it enters with (EM and the SGD prototypes).
 """
 
 from gje_jax.remedies import resampling  # noqa: I001 (smc imports it)
-from gje_jax.remedies import em, gng, smc
+from gje_jax.remedies import em, gng, reseed, smc
 
-__all__ = ["em", "gng", "resampling", "smc"]
+__all__ = ["em", "gng", "resampling", "reseed", "smc"]

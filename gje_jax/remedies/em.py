@@ -18,6 +18,9 @@ from gje_jax import _validation as v
 from gje_jax import linalg
 from gje_jax.gaussian import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, check_pooled_ridge, pooled_ridge, regularize
 from gje_jax.mixture import GaussianMixture, component_log_probs
+from gje_jax.remedies import reseed
+
+RESEED_WEIGHTS = ("earned", "uniform")
 
 
 @flax.struct.dataclass
@@ -118,12 +121,23 @@ def _batch_statistics(z: jax.Array, resp: jax.Array):
     return nk / z.shape[0], mean, cov
 
 
-def _initialize(
-    state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs, pooled_eps_rel, pooled_shape
-) -> EMState:
-    """k-means++ seeds, one hard assignment, per-cluster moments shrunk towards the
-    batch covariance (so clusters with few points stay positive definite)."""
-    k, d = state.means.shape
+def kmeans_moments(key: jax.Array, z: jax.Array, num: int):
+    """K-means++ seeds, one hard assignment, per-cluster moments shrunk towards the batch
+    covariance (so clusters with few points stay positive definite).
+
+    Args:
+      key: PRNG key; z: [N, D] points; num: K.
+
+    Returns:
+      (weights [K] summing to one, means [K, D], covariances [K, D, D]; no ridge).
+
+    Example:
+      >>> z = jnp.concatenate([jnp.zeros((30, 1)), 10 + jnp.zeros((10, 1))])
+      >>> w, mu, cov = gje_jax.remedies.em.kmeans_moments(jax.random.key(0), z, 2)
+      >>> sorted(np.asarray(w).round(3).tolist()), sorted(mu[:, 0].tolist())
+      ([0.262, 0.738], [0.0, 10.0])
+    """
+    k = num
     n = z.shape[0]
     centres = z[kmeans_plus_plus(key, z, k)]
     d2 = jnp.sum(z * z, -1, keepdims=True) + jnp.sum(centres * centres, -1) - 2.0 * z @ centres.T
@@ -135,6 +149,13 @@ def _initialize(
     mean = jnp.where(counts[:, None] > 0, mean, centres)
     cov = (counts[:, None, None] * cov + glob) / (counts[:, None, None] + 1.0)
     weights = (counts + 1.0) / (n + k)
+    return weights, mean, cov
+
+
+def _initialize(
+    state: EMState, z: jax.Array, key: jax.Array, eps_rel, eps_abs, pooled_eps_rel, pooled_shape
+) -> EMState:
+    weights, mean, cov = kmeans_moments(key, z, state.means.shape[0])
     scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
     return EMState(weights, mean, cov, scale_tril, jnp.ones((), bool), state.num_reseeded)
 
@@ -150,13 +171,16 @@ def update(
     eps_abs: float = DEFAULT_EPS_ABS,
     pooled_eps_rel: float = 0.0,
     pooled_shape: str = "isotropic",
+    reseed_weight: str = "earned",
 ) -> tuple[EMState, dict[str, jax.Array]]:
     """One online-EM step on the batch z [N, D] (stop-gradient).
 
     E-step: responsibilities under the current prototypes. M-step: EMA (momentum) of the
     normalised sufficient statistics, merged with the pooled-variance identity. Dead
     components (weight < dead_threshold, default 1 / (10 K)) are re-seeded k-means++
-    style at samples drawn with probability increasing in their NLL under the mixture.
+    style at samples drawn with probability increasing in their NLL under the mixture
+    (`gje_jax.remedies.reseed`), with the weight they earn on the batch
+    (reseed_weight='earned') or 1 / K ('uniform', the behaviour before December 2026).
     The first call on an uninitialised state seeds by k-means++ instead.
 
     Each factor is of Sigma_k + eps I + R with eps = eps_rel tr(Sigma_k) / D + eps_abs and
@@ -187,7 +211,9 @@ def update(
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
     check_pooled_ridge(pooled_eps_rel, pooled_shape)
-    threshold = 1.0 / (10 * k) if dead_threshold is None else dead_threshold
+    if reseed_weight not in RESEED_WEIGHTS:
+        raise ValueError(f"reseed_weight={reseed_weight!r} is unknown; valid: {list(RESEED_WEIGHTS)}.")
+    threshold = reseed.default_threshold(k, dead_threshold)
     k_init, k_seed = jax.random.split(key)
     state = jax.lax.cond(
         state.initialized,
@@ -214,15 +240,21 @@ def update(
     weights = (a + b) / jnp.sum(a + b)
     # Re-seed dead components at badly explained samples (k-means++ style).
     dead = weights < threshold
-    nll = -log_p
-    logits = jnp.log(jnp.maximum(nll - jnp.min(nll), 1e-12))
-    picks = jax.random.categorical(k_seed, logits, shape=(k,))
+    targets = reseed.picks(k_seed, log_p, k)
     alive_cov = jnp.sum(weights[:, None, None] * cov, axis=0) / jnp.sum(weights)
-    mean = jnp.where(dead[:, None], z[picks], mean)
+    mean = jnp.where(dead[:, None], z[targets], mean)
     cov = jnp.where(dead[:, None, None], alive_cov, cov)
     weights = jnp.where(dead, 1.0 / k, weights)
     weights = weights / jnp.sum(weights)
     scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
+    if reseed_weight == "earned":
+
+        def earn(w):
+            w = reseed.earned_weights(z, w, mean, scale_tril, dead)
+            # The pooled ridge follows the weights; the factors are remade with the final ones.
+            return w, _factor(w, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
+
+        weights, scale_tril = jax.lax.cond(jnp.any(dead), earn, lambda w: (w, scale_tril), weights)
     new = EMState(weights, mean, cov, scale_tril, state.initialized, state.num_reseeded)
     new = new.replace(num_reseeded=state.num_reseeded + jnp.sum(dead).astype(jnp.int32))
     metrics = {

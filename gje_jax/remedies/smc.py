@@ -99,6 +99,104 @@ def silverman_factor(num: int, dim: int) -> float:
     return float((4.0 / ((dim + 2) * num)) ** (2.0 / (dim + 4)))
 
 
+def _silverman_traced(num: jax.Array, dim: int) -> jax.Array:
+    return (4.0 / ((dim + 2) * jnp.maximum(num, 1.0))) ** (2.0 / (dim + 4))
+
+
+def bank_covariance(bank: ParticleBank) -> jax.Array:
+    """Weighted covariance [D, D] of the filled particles (weights w = softmax(l)); the
+    identity while the bank holds fewer than two particles.
+
+    Example:
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(4, 1), jnp.array([[0.0], [2.0]]))
+      >>> float(gje_jax.remedies.smc.bank_covariance(bank)[0, 0])       # two equal weights at 0 and 2
+      1.0
+    """
+    w = jnp.exp(bank.normalized_log_weights())  # 0 at empty slots
+    p = jnp.where(bank.filled[:, None], bank.particles, 0.0)
+    mean = w @ p
+    r = jnp.where(bank.filled[:, None], p - mean, 0.0)
+    cov = (r * w[:, None]).T @ r
+    return jnp.where(bank.size() >= 2, cov, jnp.eye(bank.dim, dtype=cov.dtype))
+
+
+def bank_kernel_scale_tril(bank: ParticleBank, *, eps_rel: float = 1e-4, eps_abs: float = 1e-6) -> jax.Array:
+    """Cholesky factor [D, D] of a kernel that follows the bank's spread: Silverman's
+    factor at the bank's effective sample size times its weighted covariance,
+    H = factor(ESS, D) * (bank_covariance + eps I). A bank whose weight sits on few
+    particles (low ESS) gets a wider kernel, as a KDE of fewer points would.
+
+    Example:
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(4, 1), jnp.array([[0.0], [2.0]]))
+      >>> L = gje_jax.remedies.smc.bank_kernel_scale_tril(bank)
+      >>> round(float(L[0, 0] ** 2), 3) == round(gje_jax.remedies.smc.silverman_factor(2, 1) * 1.0001, 3)
+      True
+    """
+    d = bank.dim
+    n = jnp.where(bank.size() >= 2, bank.ess(), 1.0)
+    return linalg.cholesky(_silverman_traced(n, d) * regularize(bank_covariance(bank), eps_rel, eps_abs))
+
+
+def unique_particles(bank: ParticleBank) -> jax.Array:
+    """Number of distinct filled particles (copies made by resampling count once). -> [] int32.
+
+    Example:
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(4, 1), jnp.array([[0.0], [0.0], [1.0]]))
+      >>> int(gje_jax.remedies.smc.unique_particles(bank))
+      2
+    """
+    # Copies are bitwise equal rows: their projections on any direction are equal; distinct
+    # rows collide on a generic direction with probability zero.
+    direction = jnp.cos(jnp.arange(1, bank.dim + 1, dtype=bank.particles.dtype) * 0.7071)
+    proj = jnp.where(bank.filled, bank.particles @ direction, jnp.inf)
+    srt = jnp.sort(proj)
+    fin = jnp.isfinite(srt)
+    new = jnp.concatenate([fin[:1], (srt[1:] != srt[:-1]) & fin[1:]])
+    return jnp.sum(new).astype(jnp.int32)
+
+
+def adaptive_tempering(log_weights: jax.Array, log_increment: jax.Array, target: float, iters: int = 40) -> jax.Array:
+    """The largest exponent delta in [0, 1] for which the weights log_weights + delta *
+    log_increment keep ESS >= target * (number of finite entries), by bisection (adaptive
+    tempered SMC). 1 when delta = 1 keeps it; 0 when even delta = 0 does not.
+
+    Args:
+      log_weights: [M] current log-weights (-inf = empty slot); log_increment: [M] the
+        step's log-likelihood of each particle; target: fraction in (0, 1]; iters: bisection
+        steps (resolution 2^-iters).
+
+    Returns:
+      [] float32 delta.
+
+    Example:
+      >>> lw = jnp.zeros(4)
+      >>> inc = jnp.array([0.0, -1.0, -2.0, -3.0])
+      >>> delta = gje_jax.remedies.smc.adaptive_tempering(lw, inc, 0.9)
+      >>> w = jax.nn.softmax(delta * inc)
+      >>> round(float(1.0 / jnp.sum(w ** 2) / 4), 3)              # the ESS sits at the target
+      0.9
+    """
+    filled = jnp.isfinite(log_weights)
+    size = jnp.maximum(jnp.sum(filled), 1).astype(log_increment.dtype)
+    inc = jnp.where(filled, log_increment, 0.0)
+
+    def ess_fraction(delta):
+        lw = jnp.where(filled, log_weights + delta * inc, -jnp.inf)
+        lw = lw - jax.nn.logsumexp(lw)
+        return jnp.exp(-jax.nn.logsumexp(2.0 * lw)) / size
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        ok = ess_fraction(mid) >= target
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    zero, one = jnp.zeros((), inc.dtype), jnp.ones((), inc.dtype)
+    lo, _ = jax.lax.fori_loop(0, iters, body, (zero, one))
+    # The invariant keeps ESS(lo) >= target whenever ESS(0) >= target.
+    return jnp.where(ess_fraction(one) >= target, one, lo)
+
+
 def _pairwise_log_kernel(x: jax.Array, centres: jax.Array, log_weights: jax.Array, scale_tril: jax.Array):
     """log sum_m exp(log_weights_m) N(x_n | centres_m, L L^T) for x [N, D] -> [N].
 
@@ -221,27 +319,50 @@ def kernel_scale_tril(cov: jax.Array, num: int, *, eps_rel: float = 1e-4, eps_ab
 
 
 def reweight(
-    bank: ParticleBank, z: jax.Array, scale_tril: jax.Array, *, age_penalty: float = 0.0, tempering: float = 1.0
+    bank: ParticleBank,
+    z: jax.Array,
+    scale_tril: jax.Array,
+    *,
+    age_penalty: float = 0.0,
+    tempering: float = 1.0,
+    ess_target: float = 0.0,
 ) -> ParticleBank:
-    """l_m += tempering * log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
+    """l_m += delta * log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
 
     KDE_z(x) = (1/N) sum_n N(x | z_n, H): particles in regions the current batch
-    occupies gain weight; stale ones lose it. tempering in [0, 1] raises the KDE to that
-    power (tempered SMC): in high dimension log KDE differs between particles by hundreds of
-    nats, so with tempering = 1 one particle takes all the weight at every step.
+    occupies gain weight; stale ones lose it. delta in [0, 1] raises the KDE to that power
+    (tempered SMC): in high dimension log KDE differs between particles by hundreds of
+    nats, so with delta = 1 one particle takes all the weight at every step. delta is
+    `tempering`, or with ess_target > 0 the largest exponent that keeps the reweighted
+    bank's ESS at least ess_target times its size (`adaptive_tempering`).
+
+    `update` also reports the exponent used (metrics['bank_tempering']).
 
     Example:
       >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(2, 1), jnp.array([[0.0], [5.0]]))
-      >>> bank = gje_jax.remedies.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1))       # the batch sits at 0
-      >>> bool(bank.log_weights[0] > bank.log_weights[1]), float(bank.ess()) < 2.0
+      >>> new = gje_jax.remedies.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1))   # the batch sits at 0
+      >>> bool(new.log_weights[0] > new.log_weights[1]), float(new.ess()) < 2.0
       (True, True)
+      >>> new = gje_jax.remedies.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1), ess_target=0.9)
+      >>> round(float(new.ess()) / 2, 3)                            # adaptive: the ESS kept at 90%
+      0.9
     """
+    return _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target)[0]
+
+
+def _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target) -> tuple[ParticleBank, jax.Array]:
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
     v.check_number(tempering, "tempering", low=0.0, high=1.0)
+    v.check_number(ess_target, "ess_target", low=0.0, high=1.0)
     log_kde = kernel_log_prob(bank.particles, z, None, scale_tril)  # [M]
-    lw = bank.log_weights + tempering * log_kde - age_penalty * bank.ages.astype(z.dtype)
+    base = jnp.where(bank.filled, bank.log_weights - age_penalty * bank.ages.astype(z.dtype), -jnp.inf)
+    if v.is_zero(ess_target):
+        delta = jnp.asarray(tempering, z.dtype)
+    else:
+        delta = adaptive_tempering(base, log_kde, ess_target)
+    lw = base + delta * log_kde
     reweighted = bank.replace(log_weights=jnp.where(bank.filled, lw, -jnp.inf))
-    return reweighted.replace(log_weights=reweighted.normalized_log_weights())
+    return reweighted.replace(log_weights=reweighted.normalized_log_weights()), delta
 
 
 def resample(
@@ -331,9 +452,14 @@ def update(
     age_penalty: float = 0.0,
     rejuvenation: float = 0.0,
     tempering: float = 1.0,
+    ess_target: float = 0.0,
 ) -> tuple[ParticleBank, dict[str, jax.Array]]:
-    """One bank step with the batch z [N, D] (stop-gradient): reweight, resample if the
-    ESS is low, insert. Returns (bank, metrics {'bank_ess', 'bank_size', 'resampled'}).
+    """One bank step with the batch z [N, D] (stop-gradient): reweight (with the fixed
+    `tempering`, or the adaptive exponent when ess_target > 0, see `reweight`), resample if
+    the ESS is low, insert. Returns (bank, metrics {'bank_ess' (after reweighting, before
+    resampling), 'bank_ess_fraction' (the same over the bank's size), 'bank_tempering' (the
+    exponent used), 'bank_unique' (distinct particles after the step), 'bank_size',
+    'resampled'}).
 
     Example:
       >>> bank = gje_jax.remedies.smc.ParticleBank.empty(16, 2)
@@ -349,14 +475,19 @@ def update(
     v.check_log_weights_if_concrete(bank.log_weights, "bank.log_weights", allow_all_zero=True)  # empty: all -inf
     # A non-positive kernel factor gives NaN kernel values, which empty the bank's weights.
     _check_kernel(scale_tril, bank.dim)
-    bank = reweight(bank, z, scale_tril, age_penalty=age_penalty, tempering=tempering)
+    bank, delta = _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target)
     ess_before = bank.ess()
+    size_before = bank.size()
     bank, did = resample(
         bank, key, scheme=scheme, ess_threshold=ess_threshold, rejuvenation=rejuvenation, scale_tril=scale_tril
     )
     bank = insert(bank, z)
     metrics = {
         "bank_ess": ess_before,
+        # An empty bank (the first step) has nothing to weigh: its fraction counts as full.
+        "bank_ess_fraction": jnp.where(size_before > 0, ess_before / jnp.maximum(size_before, 1).astype(z.dtype), 1.0),
+        "bank_tempering": delta,
+        "bank_unique": unique_particles(bank).astype(jnp.float32),
         "bank_size": bank.size().astype(jnp.float32),
         "resampled": did.astype(jnp.float32),
     }

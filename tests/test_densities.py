@@ -1,0 +1,225 @@
+"""The densities the methods hand out, as samplers and as weights: prototype mixtures
+(SGD and online EM) against a scikit-learn GaussianMixture fitted afterwards, re-seeding
+weights, and the SMC bank's adaptive tempering and kernel against brute-force references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.mixture import GaussianMixture as SkGMM
+
+from gje_jax import methods, sampling_metrics
+from gje_jax.methods import Embeddings
+from gje_jax.mixture import component_log_probs
+from gje_jax.remedies import reseed, smc
+
+
+def _clusters(seed, n, d, weights, spread=4.0):
+    """n points in d dimensions from len(weights) anisotropic clusters of the given weights."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(weights), d)) * spread
+    labels = rng.choice(len(weights), size=n, p=np.asarray(weights) / np.sum(weights))
+    mix = rng.normal(size=(d, d)) * 0.25
+    return (centres[labels] + rng.normal(size=(n, d)) @ mix).astype(np.float32)
+
+
+def _fit(name, z, k, steps, batch=256, lr=3e-2, **values):
+    """The method's own density after `steps` of its loss and update on fixed embeddings z
+    (its two halves as the two views): the density alone, without an encoder."""
+    d = z.shape[1] // 2
+    method = methods.build(methods.resolve(methods.default_settings(name, num_components=k, **values)))
+    params, state = method.init(jax.random.key(0), d, d)
+    opt = optax.adam(lr)
+    opt_state = opt.init(params)
+    data = jnp.asarray(z)
+
+    def step(carry, i):
+        params, opt_state, state = carry
+        zb = data[jax.random.randint(jax.random.fold_in(jax.random.key(1), i), (batch,), 0, len(z))]
+        emb = Embeddings(zb[:, :d], zb[:, d:])
+        grads, _ = jax.grad(lambda p: method.loss(p, state, emb), has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        state, _ = method.update(state, emb, {"method": params}, jax.random.fold_in(jax.random.key(2), i))
+        return (params, opt_state, state), None
+
+    (params, _, state), _ = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(steps)))((params, opt_state, state))
+    return method.density(params, state)
+
+
+_FOUR_IN_EIGHT = ((0.5, 0.3, 0.15, 0.05), 8)
+_FIVE_IN_TEN = ((0.6, 0.25, 0.1, 0.04, 0.01), 10)
+
+
+@pytest.mark.parametrize(
+    "name, values, task",
+    [
+        ("gmje", {}, _FOUR_IN_EIGHT),
+        ("gmje", {}, _FIVE_IN_TEN),
+        ("gmje", {"prior": "learned"}, _FIVE_IN_TEN),
+        ("gmje_em", {}, _FOUR_IN_EIGHT),
+        ("gmje_em", {}, _FIVE_IN_TEN),
+    ],
+    ids=["sgd-4-in-8", "sgd-5-in-10", "sgd-learned-5-in-10", "em-4-in-8", "em-5-in-10"],
+)
+def test_prototype_density_samples_as_well_as_sklearn_gmm(name, values, task):
+    # Unequal cluster weights and more components than clusters: the case where a prior
+    # that lags usage leaves mass on components that explain nothing (issue 23).
+    weights, k = task
+    z = _clusters(len(weights), 4000, 8, weights)
+    train, test = z[:2500], z[2500:]
+    density = _fit(name, train, k, steps=250, **values)
+    own = np.asarray(density.sample(jax.random.key(3), len(test)))
+    sk = SkGMM(k, covariance_type="full", reg_covar=1e-4, random_state=0).fit(train)
+    post = sk.sample(len(test))[0]
+    mine = sampling_metrics.precision_recall(test, own, k=5)
+    ref = sampling_metrics.precision_recall(test, post, k=5)
+    assert mine["precision"] >= 0.9 * ref["precision"], (mine, ref)
+    assert mine["recall"] >= 0.9 * ref["recall"], (mine, ref)
+    comp, _ = component_log_probs(jnp.asarray(test), density.means, density.scale_tril)
+    log_w = jax.nn.log_softmax(density.log_weights)
+    held_out = np.asarray(jax.nn.softmax(log_w + comp, axis=-1).mean(0))
+    idle_mass = float(np.sum(np.exp(np.asarray(log_w))[held_out < 0.01]))
+    assert idle_mass < 0.05, (idle_mass, held_out)
+
+
+def test_reseeded_component_earns_its_share_not_one_over_k():
+    # Two clusters of 900 and 99 points and an outlier; component 2 is re-seeded into the
+    # small cluster, component 3 onto the outlier. One M-step from 1 / K: the small
+    # cluster's share split in proportion to the provisional weights, ~1 / N for the outlier.
+    # Five steps: a float64 iteration of the same M-step with scipy's densities.
+    import scipy.stats
+
+    z = np.concatenate([np.zeros((900, 1)), 10 + np.zeros((99, 1)), [[40.0]]]).astype(np.float32)
+    means = jnp.array([[0.0], [10.0], [10.0], [40.0]])
+    scale_tril = jnp.broadcast_to(jnp.eye(1), (4, 1, 1))
+    before = jnp.array([0.8, 0.15, 0.03, 0.02])
+    dead = jnp.array([False, False, True, True])
+    w = np.asarray(reseed.earned_weights(jnp.asarray(z), before, means, scale_tril, dead, iterations=1))
+    p1 = 0.15 / 0.95 * 0.5  # the live share 0.95 rescaled to 1 - 2/4, the re-seeded at 1/4 each
+    np.testing.assert_allclose(w[2], 0.099 * 0.25 / (0.25 + p1), rtol=1e-4)
+    np.testing.assert_allclose(w[3], 1e-3, rtol=1e-3)
+    np.testing.assert_allclose(w[0] / w[1], 0.8 / 0.15, rtol=1e-5)
+    np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+    dens = scipy.stats.norm.pdf(z.astype(np.float64), loc=np.asarray(means)[:, 0], scale=1.0)  # [N, K]
+    share, new = np.array([0.8, 0.15, 0, 0]) / 0.95, np.array([0, 0, 0.25, 0.25])
+    for _ in range(5):
+        wk = new + share * (1 - new.sum())
+        r = dens * wk
+        new = np.where([False, False, True, True], (r / r.sum(1, keepdims=True)).mean(0), 0.0)
+    ref = new + share * (1 - new.sum())
+    got = np.asarray(reseed.earned_weights(jnp.asarray(z), before, means, scale_tril, dead))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-7)
+    assert got[2] < w[2]  # the iterations take back what competing at 1 / K overstated
+
+
+@pytest.mark.parametrize("prior", ["usage", "learned"])
+def test_sgd_reseeding_moves_the_component_not_the_parameters_or_their_gradient(prior):
+    # One component far from all data dies; re-seeding moves it onto the data through the
+    # state's offset. The parameters are untouched and the loss's gradient in them equals
+    # the gradient of the same mixture built from plain parameters (d(p + offset)/dp = 1).
+    k, d = 3, 1
+    s = methods.resolve(
+        methods.default_settings("gmje", num_components=k, prior=prior, init="random", usage_momentum=0.0)
+    )
+    method = methods.build(s)
+    params, state = method.init(jax.random.key(0), d, d)
+    params = dict(params, means=jnp.array([[0.0, 0.0], [3.0, 3.0], [500.0, 500.0]]))
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(size=(128, 2)), 3 + rng.normal(size=(128, 2))]).astype(np.float32)
+    emb = Embeddings(jnp.asarray(z[:, :1]), jnp.asarray(z[:, 1:]))
+    new, metrics = method.update(state, emb, {"method": params}, jax.random.key(1))
+    assert float(metrics["reseeded"]) == 1.0
+    density = method.density(params, new)
+    moved = np.asarray(density.means[2])
+    assert np.min(np.sum((z - moved) ** 2, axis=1)) < 1e-8  # onto a batch sample
+    w = np.exp(np.asarray(jax.nn.log_softmax(density.log_weights)))
+    assert 1e-12 <= w[2] < 0.5 and abs(w.sum() - 1) < 1e-6
+    plain = dict(jax.tree.map(jnp.add, params, new["offset"]))
+    if prior == "usage":
+        plain["logits"] = jnp.log(new["usage"])
+    from gje_jax.mixture import GaussianMixture
+
+    def loss_plain(p):
+        gm = GaussianMixture.from_unconstrained(p["logits"], p["means"], p["raw"], s.floor)
+        from gje_jax.methods.shared import mixture_loss
+
+        return mixture_loss(s, emb, gm, s.lambda_bal)[0]
+
+    g_method = jax.grad(lambda p: method.loss(p, new, emb)[0])(params)
+    g_plain = jax.grad(loss_plain)(plain)
+    for key in ("means", "raw"):
+        np.testing.assert_allclose(g_method[key], g_plain[key], rtol=1e-4, atol=1e-6)
+    if prior == "learned":
+        np.testing.assert_allclose(g_method["logits"], g_plain["logits"], rtol=1e-4, atol=1e-6)
+
+
+def _ess(log_w):
+    w = np.exp(log_w - np.max(log_w))
+    w /= w.sum()
+    return 1.0 / np.sum(w**2)
+
+
+@pytest.mark.parametrize("seed, target", [(0, 0.5), (1, 0.8), (2, 0.2)])
+def test_adaptive_tempering_is_the_largest_exponent_keeping_the_ess(seed, target):
+    # Reference: a fine grid of exponents in float64, the largest whose ESS >= target * M.
+    rng = np.random.default_rng(seed)
+    m = 512
+    base = rng.normal(size=m) * 0.3
+    inc = rng.normal(size=m) * 40.0  # log-KDE spreads of tens of nats, as in high dimension
+    delta = float(smc.adaptive_tempering(jnp.asarray(base, jnp.float32), jnp.asarray(inc, jnp.float32), target))
+    grid = np.linspace(0, 1, 20001)
+    ok = np.array([_ess(base + g * inc) >= target * m for g in grid])
+    assert ok[0] and not ok[-1]
+    ref = grid[ok].max()
+    assert abs(delta - ref) < 2e-4, (delta, ref)
+    assert _ess(base + delta * inc) >= target * m * (1 - 1e-4)
+
+
+def test_adaptive_bank_keeps_the_ess_where_plain_reweighting_collapses():
+    # A 16-D bank tracking a drifting batch distribution: with tempering 1 the ESS falls to
+    # about 1% of the bank at some steps; with the adaptive exponent every step's ESS stays
+    # at the target.
+    d, m, n, target = 16, 512, 64, 0.5
+    scale_tril = smc.kernel_scale_tril(jnp.eye(d), m)
+    step = jax.jit(smc.update, static_argnames=("ess_target", "tempering"))
+    results = {}
+    for name, kw in (("plain", dict(tempering=1.0)), ("adaptive", dict(ess_target=target))):
+        bank = smc.ParticleBank.empty(m, d)
+        fractions, deltas, unique = [], [], []
+        for i in range(30):
+            z = jax.random.normal(jax.random.key(i), (n, d)) + 0.05 * i
+            bank, met = step(bank, z, jax.random.key(100 + i), scale_tril, **kw)
+            if i >= m // n:  # full bank
+                fractions.append(float(met["bank_ess_fraction"]))
+                deltas.append(float(met["bank_tempering"]))
+                unique.append(float(met["bank_unique"]))
+        results[name] = (np.array(fractions), np.array(deltas), np.array(unique))
+    frac, deltas, unique = results["adaptive"]
+    assert np.all(frac >= target - 1e-3), frac
+    assert np.all((deltas > 0) & (deltas < 1)), deltas
+    assert np.all(unique == m), unique  # never below the resampling threshold: no copies
+    assert np.min(results["plain"][0]) < 0.05  # the degenerate case the adaptive step avoids
+    assert np.all(results["plain"][1] == 1.0)
+
+
+def test_bank_kernel_follows_the_weighted_spread_and_unique_counts_copies():
+    rng = np.random.default_rng(0)
+    d, m = 3, 64
+    pts = (rng.normal(size=(m, d)) * [1.0, 2.0, 0.5]).astype(np.float32)
+    bank = smc.insert(smc.ParticleBank.empty(m, d), jnp.asarray(pts))
+    lw = rng.normal(size=m).astype(np.float32)
+    bank = bank.replace(log_weights=jnp.asarray(lw - np.log(np.exp(lw).sum())))
+    w = np.exp(lw) / np.exp(lw).sum()
+    ref = np.cov(pts.T, aweights=w, bias=True)
+    np.testing.assert_allclose(smc.bank_covariance(bank), ref, rtol=1e-4, atol=1e-6)
+    ess = 1.0 / np.sum(w**2)
+    factor = (4.0 / ((d + 2) * ess)) ** (2.0 / (d + 4))
+    h = factor * (ref + (1e-4 * np.trace(ref) / d + 1e-6) * np.eye(d))
+    got = np.asarray(smc.bank_kernel_scale_tril(bank))
+    np.testing.assert_allclose(got @ got.T, h, rtol=1e-4, atol=1e-6)
+    # Resampling copies particles: the count of distinct rows is numpy's.
+    new, did = smc.resample(bank.replace(log_weights=jnp.asarray(3 * lw)), jax.random.key(0), ess_threshold=1.0)
+    assert bool(did)
+    assert int(smc.unique_particles(new)) == len(np.unique(np.asarray(new.particles), axis=0))
