@@ -32,6 +32,7 @@ import numpy as np
 
 from gje_jax import fit_gaussian, methods, sampling_metrics
 from gje_jax.data import synthetic
+from gje_jax.mixture import component_log_probs
 from gje_jax.train import checkpoint, loop, records
 
 from .configs.common import with_method
@@ -74,16 +75,40 @@ def learned_samples(config, state, train_a, train_b, key, n: int):
     return np.asarray(density.marginal(0, e).sample(key, n))
 
 
-def posthoc_samples(train_a, k: int, key, n: int, seed: int):
+# Beyond this many components (the SMC bank's particles) each holds a sliver of the data by
+# design, and the idle-mass column is left empty.
+MAX_IDLE_COMPONENTS = 64
+
+
+def own_idle_mass(config, state, real) -> float:
+    """Prior mass of the method's own marginal mixture on components holding under 1% of the
+    held-out responsibility (`sampling_metrics.idle_prior_mass`); NaN where the method hands
+    out no unconditional mixture of at most MAX_IDLE_COMPONENTS components."""
+    method = methods.build(config.method)
+    if method.density is None or method.conditional is not None or method.batch_density:
+        return float("nan")
+    density = method.density(state.params["method"], state.method_state)
+    if density.num_components > MAX_IDLE_COMPONENTS:
+        return float("nan")
+    marginal = density.marginal(0, real.shape[1])
+    log_w = jax.nn.log_softmax(marginal.log_weights)
+    comp, _ = component_log_probs(jnp.asarray(real), marginal.means, marginal.scale_tril)
+    resp = jax.nn.softmax(log_w + comp, axis=-1)
+    return sampling_metrics.idle_prior_mass(np.exp(np.asarray(log_w, np.float64)), np.asarray(resp))
+
+
+def posthoc_samples(train_a, k: int, key, n: int, seed: int, real=None):
     """Samples from a Gaussian and from a K-component full-covariance mixture fitted to the
-    training embeddings afterwards -> {'Gaussian': [n, E], 'GMM': [n, E]}."""
+    training embeddings afterwards -> ({'Gaussian': [n, E], 'GMM': [n, E]}, the GMM's idle
+    prior mass on `real` [M, E] (NaN without))."""
     from sklearn.mixture import GaussianMixture as SkGMM
 
     g = fit_gaussian(jnp.asarray(train_a), 1e-4, 1e-6)
     fit = train_a[np.random.default_rng(seed).permutation(len(train_a))[:20000]].astype(np.float64)
     gmm = SkGMM(k, covariance_type="full", reg_covar=1e-4, max_iter=200, random_state=seed).fit(fit)
     z, _ = gmm.sample(n)
-    return {"Gaussian": np.asarray(g.sample(key, n)), "GMM": np.random.default_rng(seed).permutation(z)}
+    idle = float("nan") if real is None else sampling_metrics.idle_prior_mass(gmm.weights_, gmm.predict_proba(real))
+    return {"Gaussian": np.asarray(g.sample(key, n)), "GMM": np.random.default_rng(seed).permutation(z)}, idle
 
 
 def score(real, labels, fake, num_classes: int) -> dict:
@@ -105,17 +130,22 @@ def evaluate_method(part, config, state, views_fn, train, test, num_classes, key
     te_a, _ = view_embeddings(state, views_fn, test, jax.random.fold_in(key, 2))
     n = len(te_a)
     name = config.method.name
-    samples = {}
+    samples, idle = {}, {}
     own = learned_samples(config, state, tr_a, tr_b, jax.random.fold_in(key, 3), n)
     if own is not None:
         samples[f"{name} (own density)"] = own
-    for kind, z in posthoc_samples(tr_a, posthoc_k, jax.random.fold_in(key, 4), n, config.seed).items():
+        idle[f"{name} (own density)"] = own_idle_mass(config, state, te_a)
+    posthoc, idle[f"{name} + post-hoc GMM"] = posthoc_samples(
+        tr_a, posthoc_k, jax.random.fold_in(key, 4), n, config.seed, real=te_a
+    )
+    for kind, z in posthoc.items():
         samples[f"{name} + post-hoc {kind}"] = z
     rows = []
     for label, z in samples.items():
         if not np.all(np.isfinite(z)):
             raise FloatingPointError(f"{label}: non-finite samples")
         row = {"part": part, "method": label, **score(te_a, test["label"], z, num_classes)}
+        row["idle_mass"] = idle.get(label, float("nan"))
         rows.append(row)
         if progress:
             print(
@@ -210,6 +240,7 @@ _COLUMNS = [
     "recall_k5",
     "classes_hit",
     "label_entropy",
+    "idle_mass",
     "seconds",
 ]
 
@@ -227,7 +258,8 @@ def write_tables(rows, workdir: str, command: str) -> None:
     ]
     for r in rows:
         vals = [r["part"], r["method"]] + [
-            f"{r[c]:.4g}" if c in ("frechet", "mmd") else f"{r[c]:.3f}" for c in _COLUMNS[2:-1]
+            "-" if np.isnan(r[c]) else f"{r[c]:.4g}" if c in ("frechet", "mmd") else f"{r[c]:.3f}"
+            for c in _COLUMNS[2:-1]
         ]
         vals.append(f"{r['seconds']:.0f}")
         lines.append("| " + " | ".join(vals) + " |")
@@ -237,7 +269,9 @@ def write_tables(rows, workdir: str, command: str) -> None:
         "(lower is better); precision / recall: k-NN-ball manifold precision and recall; classes_hit: fraction of "
         "classes that some sample's nearest real neighbour belongs to; label_entropy: entropy (nats) of those labels "
         "(log 10 = 2.303 or log 8 = 2.079 when even). 'own density': the method's learned density; 'post-hoc': "
-        "fitted to its training embeddings afterwards; seconds: training (or loading) plus scoring.",
+        "fitted to its training embeddings afterwards; idle_mass: prior mass on components holding under 1% of the "
+        "held-out responsibility (own mixtures of at most 64 components and the post-hoc GMM); seconds: training "
+        "(or loading) plus scoring.",
     ]
     with open(os.path.join(workdir, "sampling_results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

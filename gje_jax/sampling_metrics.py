@@ -247,3 +247,25 @@ def class_coverage(real, real_labels, fake, num_classes: int, chunk: int = 1024)
         "max_entropy": float(np.log(num_classes)),
         "histogram": hist,
     }
+
+
+def idle_prior_mass(weights, responsibilities, level: float = 0.01) -> float:
+    """Prior mass on components that hold less than `level` of the held-out responsibility:
+    sum of weights_k over k with mean_n r_nk < level. A density whose mass sits where the
+    data is scores near 0; one that keeps weight on components explaining nothing scores up
+    to 1.
+
+    Args:
+      weights: [K] prior weights (summing to one); responsibilities: [N, K] of held-out points.
+
+    Example:
+      >>> from gje_jax import sampling_metrics
+      >>> r = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])             # component 2 explains nothing
+      >>> sampling_metrics.idle_prior_mass(np.array([0.5, 0.2, 0.3]), r)
+      0.3
+    """
+    w = np.asarray(weights, np.float64)
+    r = _as_2d("responsibilities", responsibilities)
+    if w.ndim != 1 or r.shape[1] != w.shape[0]:
+        raise ValueError(f"weights [K] and responsibilities [N, K] must agree, got {w.shape} and {r.shape}.")
+    return float(np.sum(w[r.mean(axis=0) < level]))

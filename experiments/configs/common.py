@@ -6,7 +6,20 @@ import ml_collections
 from gje_jax import methods
 from gje_jax.train.configs import base_config
 
-__all__ = ["base_config", "clustered_views_train", "with_method"]
+__all__ = ["BEFORE_DECEMBER_2026", "base_config", "clustered_views_train", "with_method"]
+
+# The density settings of every method before the December 2026 changes (learned prototype
+# logits without re-seeding, EM's re-seeded components at 1 / K, a fixed bank tempering with
+# the EMA-covariance kernel). Experiments whose tables were made with them and not rerun
+# since (the image tables: no GPU lent; the 40-minute stability run) pin them, so their
+# commands still reproduce their tables.
+BEFORE_DECEMBER_2026 = dict(
+    prior="learned",
+    reseed=False,
+    reseed_weight="uniform",
+    bank_ess_target=0.0,
+    bank_kernel="shared",
+)
 
 
 def clustered_views_train(runlocal: bool = False) -> tuple[ml_collections.ConfigDict, dict]:

@@ -6,7 +6,9 @@ import os
 import ml_collections
 
 from gje_jax import methods
-from gje_jax.train.configs import base_config
+from gje_jax.train.configs import base_config, load_sibling
+
+_common = load_sibling(__file__, "common")
 
 
 def shared_cifar10() -> str:
@@ -67,17 +69,9 @@ VISION_TUNING = dict(
     gng_capacity=32,
     gng_insert_every=50,
     bank_size=4096,
-    # The image tables were made on a GPU before the December 2026 density changes, which
-    # were measured on CPU only (no GPU lent): learned prototype logits without re-seeding
-    # or k-means++ seeding, EM's re-seeded components at 1 / K, a fixed bank tempering with
-    # the EMA-covariance kernel. These keep those rows reproducible; the new defaults are
-    # measured on the synthetic and alignment tables (README).
-    prior="learned",
-    reseed=False,
-    init="random",
-    reseed_weight="uniform",
-    bank_ess_target=0.0,
-    bank_kernel="shared",
+    # The image tables were made on a GPU with the density settings before December 2026;
+    # no GPU was lent to rerun them (see common.BEFORE_DECEMBER_2026).
+    **_common.BEFORE_DECEMBER_2026,
 )
 # The methods that fit their density to the embeddings' own scale (those with a pooled
 # ridge: EM, GNG, MDN). Without a floor relative to the embeddings' spread their mixtures

@@ -16,7 +16,9 @@ with the live components' average covariance and enters with the weight it earns
 (`gje_jax.remedies.reseed`). Parameters are never written by `update`: the state holds an
 offset added to them (params + offset is the component), so re-seeding moves a component
 while the optimiser's moments and the gradient (d(params + offset) / d params = 1) stay as
-they were. init='kmeans++' seeds the components the same way from the first batch.
+they were. init='kmeans++' seeds the components the same way from the first batch (not the
+default: the first batch's embeddings are an untrained encoder's, and components fitted to
+them held the main job's SGD prototypes at NLL 0.70 against -0.18 from random ones).
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ SETTINGS = {
         lambda s: s.prior == "usage" or s.reseed, "prior='usage' or reseed=True"
     ),
     "init": choice(
-        "kmeans++",
-        "initial components: kmeans++ (from the first batch) | random (standard normal means, I)",
-        ("kmeans++", "random"),
+        "random",
+        "initial components: random (standard normal means, identity covariances) | kmeans++ (from the "
+        "first batch's embeddings: fits the untrained encoder's output, which training then leaves; on "
+        "the main job NLL 0.70 against -0.18 for random)",
+        ("random", "kmeans++"),
     ),
     "floor": FLOOR,
 }
