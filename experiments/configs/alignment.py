@@ -13,10 +13,8 @@ method, through the library's train loop, in WORKDIR/TASK/ROW.
 import ml_collections
 
 from gje_jax.models import model_config
-from gje_jax.train.configs import alignment_data, base_config, load_sibling
+from gje_jax.train.configs import alignment_data, base_config
 from gje_jax.train.optim import optim_config
-
-_common = load_sibling(__file__, "common")
 
 
 def get_config(arg: str = ""):
@@ -74,10 +72,6 @@ def get_config(arg: str = ""):
         mdn_hidden=(64,),
     )
     if arg == "full":
-        # The full-size table was made before the December 2026 density changes and not rerun
-        # since (common.BEFORE_DECEMBER_2026; this row set keeps its isotropic bank kernel).
-        old = {k: v for k, v in _common.BEFORE_DECEMBER_2026.items() if k != "bank_kernel"}
-        c.method_tuning.update(old)
         c.run_tasks = ("two_branch", "k_branch", "ring", "control")
         t.data.num_examples = 16384
         t.num_steps = t.checkpoint_every = 3000

@@ -31,10 +31,11 @@ SETTINGS = {
         1.0, "reweight by KDE^bank_tempering (tempered SMC; 1 = plain)", high_open=False
     ).only_when(lambda s: s.bank_ess_target == 0, "bank_ess_target=0"),
     "bank_kernel": choice(
-        "bank",
-        "kernel: bank (the bank's weighted covariance x Silverman's factor at its ESS) | shared (EMA "
-        "covariance of the batches x Silverman's factor at the bank's capacity) | isotropic (h I)",
-        ("bank", "shared", "isotropic"),
+        "shared",
+        "kernel: shared (EMA covariance of the batches x Silverman's factor at the bank's capacity) | bank "
+        "(the bank's weighted covariance x Silverman's factor at its ESS; on the trap task the embeddings "
+        "shrank 9-13x with it) | isotropic (h I)",
+        ("shared", "bank", "isotropic"),
     ),
     "bank_bandwidth": positive(0.1, "h of the isotropic kernel").only_when(
         lambda s: s.bank_kernel == "isotropic", "bank_kernel='isotropic'"

@@ -134,7 +134,7 @@ def kmeans_moments(key: jax.Array, z: jax.Array, num: int):
     Example:
       >>> z = jnp.concatenate([jnp.zeros((30, 1)), 10 + jnp.zeros((10, 1))])
       >>> w, mu, cov = gje_jax.remedies.em.kmeans_moments(jax.random.key(0), z, 2)
-      >>> sorted(np.asarray(w).round(3).tolist()), sorted(mu[:, 0].tolist())
+      >>> sorted(np.asarray(w, float).round(3).tolist()), sorted(mu[:, 0].tolist())   # (10 + 1) / 42, (30 + 1) / 42
       ([0.262, 0.738], [0.0, 10.0])
     """
     k = num

@@ -465,8 +465,8 @@ def update(
       >>> bank = gje_jax.remedies.smc.ParticleBank.empty(16, 2)
       >>> for i in range(3):
       ...     bank, metrics = gje_jax.remedies.smc.update(bank, jax.random.normal(jax.random.key(i), (8, 2)), jax.random.key(9), jnp.eye(2))
-      >>> int(bank.size()), sorted(metrics)[:2]
-      (16, ['bank_ess', 'bank_size'])
+      >>> int(bank.size()), sorted(metrics)[:3]
+      (16, ['bank_ess', 'bank_ess_fraction', 'bank_size'])
     """
     z = v.as_float(z, "z")
     v.check_rank(z, 2, "z", "[N, D]")
