@@ -92,6 +92,31 @@ def _three_component_data(rng, n):
     return x.astype(np.float32), means, weights
 
 
+def test_gng_component_means_are_cell_means_not_neighbour_biased_nodes():
+    # Two clusters at 0 and 10 (std 0.1), a graph of two nodes joined by an edge. Each input
+    # moves its winner by eps_b towards it and the other node by eps_n: node A settles where
+    # pA eps_b (0 - w) + pB eps_n (10 - w) = 0, w = 10 pB eps_n / (pA eps_b + pB eps_n) = 0.291
+    # for equal shares. The mixture's means ('cells') are the clusters' means; 'nodes' gives
+    # the biased positions.
+    rng = np.random.default_rng(0)
+    n = 20000
+    xs = (np.where(rng.random(n) < 0.5, 0.0, 10.0)[:, None] + 0.1 * rng.normal(size=(n, 1))).astype(np.float32)
+    bias = 10 * 0.5 * 0.006 / (0.5 * 0.2 + 0.5 * 0.006)
+    for means in ("cells", "nodes"):
+        state, _ = _run_gng(xs, capacity=2, cfg=gng.GNGConfig(means=means))
+        nodes = np.sort(np.asarray(state.nodes)[:, 0])
+        # Fritzke's update either way. One snapshot of a noisy position (every input of the
+        # other cluster jumps it by eps_n * 10 = 0.06): biased towards the other cluster by
+        # about `bias`, not within 0.1 of its cluster.
+        assert 0.1 < nodes[0] < 2.5 * bias and 10 - 2.5 * bias < nodes[1] < 9.9, (nodes, bias)
+        got = np.sort(np.asarray(gng.mixture(state).means)[:, 0])
+        ref = [xs[xs[:, 0] < 5].mean(), xs[xs[:, 0] > 5].mean()]
+        if means == "cells":
+            np.testing.assert_allclose(got, ref, atol=0.02)
+        else:
+            np.testing.assert_allclose(got, nodes, atol=1e-6)
+
+
 def test_online_em_recovers_a_known_mixture_like_sklearn():
     rng = np.random.default_rng(0)
     x, means, weights = _three_component_data(rng, 30000)

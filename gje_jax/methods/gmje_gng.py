@@ -30,6 +30,12 @@ SETTINGS = {
     "gng_decay": fraction(0.995, "error decay of every node per step", high_open=False),
     "em_momentum": EM_MOMENTUM,
     "gng_covariance": choice("node", "component covariance: node (each node's own) | isotropic", ("node", "isotropic")),
+    "gng_means": choice(
+        "cells",
+        "component means: cells (EMA of the mean of the inputs each node wins) | nodes (the node positions, "
+        "biased by the neighbour updates; the behaviour before December 2026)",
+        gng.MEANS,
+    ),
     "floor": FLOOR,
     "pooled_eps_rel": POOLED_EPS_REL,
     "pooled_shape": POOLED_SHAPE,
@@ -57,6 +63,7 @@ def gng_config(s) -> gng.GNGConfig:
         momentum=s.em_momentum,
         covariance=s.gng_covariance,
         floor=s.floor**2,
+        means=s.gng_means,
     )
 
 

@@ -21,6 +21,8 @@ from gje_jax import linalg
 from gje_jax.gaussian import check_pooled_ridge, pooled_ridge, regularize
 from gje_jax.mixture import GaussianMixture
 
+MEANS = ("cells", "nodes")
+
 
 @dataclasses.dataclass(frozen=True)
 class GNGConfig:
@@ -33,7 +35,12 @@ class GNGConfig:
     addition to Fritzke's steps: two nodes left between clusters, joined only to each
     other, never win, so their edge never ages and plain GNG keeps them forever;
     momentum: EMA of the win shares and residual moments; covariance: 'node' (per-node EMA of residual second moments) or
-    'isotropic' (one shared variance); floor: variance floor of the mixture view.
+    'isotropic' (one shared variance); floor: variance floor of the mixture view;
+    means: the mixture's component means: 'cells' (per node, the EMA of the mean of the
+    inputs it wins) or 'nodes' (the node positions themselves, as before December 2026).
+    Node positions are biased estimates of their cells' means: every input pulls the
+    winner's graph neighbours towards it (eps_n), across the gap between two branches when
+    an edge spans it, and eps_b = 0.2 makes a position an average of its last few inputs.
 
     Example:
       >>> cfg = gje_jax.remedies.gng.GNGConfig(insert_every=50)
@@ -51,6 +58,7 @@ class GNGConfig:
     covariance: str = "node"
     floor: float = 1e-4
     max_idle: int | None = None
+    means: str = "cells"
 
     @property
     def idle_limit(self) -> int:
@@ -61,6 +69,8 @@ class GNGConfig:
     def __post_init__(self):
         if self.covariance not in ("node", "isotropic"):
             raise ValueError(f"GNG covariance must be 'node' or 'isotropic', got {self.covariance!r}.")
+        if self.means not in MEANS:
+            raise ValueError(f"GNG means must be one of {list(MEANS)}, got {self.means!r}.")
         for name in ("eps_b", "eps_n", "alpha", "decay"):
             val = getattr(self, name)
             if not 0.0 <= val <= 1.0:
@@ -75,7 +85,8 @@ class GNGConfig:
 class GNGState:
     """nodes [K, D]; active [K] bool; edges [K, K] bool (symmetric); ages [K, K] int32;
     error [K] accumulated squared error; idle [K] int32 inputs since the node last won; wins [K] EMA win shares; covs [K, D, D] EMA
-    residual second moments (or [1, D, D] shared isotropic); inputs_seen [] int32;
+    residual second moments (or [1, D, D] shared isotropic); means [K, D] the mixture's
+    component means (see GNGConfig.means); inputs_seen [] int32;
     initialized [] bool.
 
     Example:
@@ -92,6 +103,7 @@ class GNGState:
     idle: jax.Array
     wins: jax.Array
     covs: jax.Array
+    means: jax.Array
     inputs_seen: jax.Array
     initialized: jax.Array
 
@@ -111,6 +123,7 @@ class GNGState:
             idle=jnp.zeros((k,), jnp.int32),
             wins=jnp.zeros((k,), dtype),
             covs=jnp.broadcast_to(jnp.eye(dim, dtype=dtype), (ncov, dim, dim)),
+            means=jnp.zeros((k, dim), dtype),
             inputs_seen=jnp.zeros((), jnp.int32),
             initialized=jnp.zeros((), bool),
         )
@@ -203,6 +216,7 @@ def _initialize(state: GNGState, xs: jax.Array) -> GNGState:
         idle=jnp.zeros_like(state.idle),
         wins=jnp.zeros_like(state.wins).at[:2].set(0.5),
         covs=jnp.broadcast_to(cov, state.covs.shape),
+        means=nodes,
         initialized=jnp.ones((), bool),
     )
 
@@ -251,7 +265,16 @@ def _refresh_statistics(state: GNGState, xs, winners, active_before, cfg: GNGCon
     wins = jnp.where(state.active, m * state.wins + (1 - m) * share, 0.0)
     # A node inserted this batch starts with the mean share of the active nodes.
     wins = jnp.where(new, jnp.sum(wins) / jnp.maximum(state.num_active(), 1), wins)
-    resid = xs - onehot @ state.nodes  # [N, D] residual to its winner
+    if cfg.means == "cells":
+        won = (counts > 0)[:, None]
+        cell = (onehot.T @ xs) / jnp.maximum(counts, 1.0)[:, None]
+        means = jnp.where(won, m * state.means + (1 - m) * cell, state.means)
+        # An inserted node starts at its cell's mean (at its position if it won nothing).
+        means = jnp.where(new[:, None], jnp.where(won, cell, state.nodes), means)
+    else:
+        means = state.nodes
+    state = state.replace(means=means)
+    resid = xs - onehot @ means  # [N, D] residual to its winner's component mean
     if state.covs.shape[0] == 1:
         var = jnp.sum(resid * resid) / jnp.maximum(jnp.sum(counts), 1.0) / d
         covs = m * state.covs + (1 - m) * var * jnp.eye(d, dtype=xs.dtype)
@@ -269,7 +292,8 @@ def _refresh_statistics(state: GNGState, xs, winners, active_before, cfg: GNGCon
 def mixture(
     state: GNGState, floor: float = 1e-4, pooled_eps_rel: float = 0.0, pooled_shape: str = "isotropic"
 ) -> GaussianMixture:
-    """The mixture view: means = node positions, covariances = EMA residual second
+    """The mixture view: means = `state.means` (cell means or node positions, see
+    GNGConfig.means), covariances = EMA residual second
     moments + floor I + R, where R is the pooled ridge of the whole graph's mixture
     (`gje_jax.pooled_ridge`, of the moments without a ridge: pooled_eps_rel times its
     average variance times I, or times its total covariance), weights proportional to EMA
@@ -297,13 +321,13 @@ def mixture(
         share = jnp.where(s.active, wins, 0.0)
         share = share / jnp.maximum(jnp.sum(share), 1e-30)
         active_covs = jnp.where(s.active[:, None, None], covs, 0.0)
-        ridge = pooled_ridge(share, s.nodes, active_covs, pooled_eps_rel, pooled_shape)
+        ridge = pooled_ridge(share, s.means, active_covs, pooled_eps_rel, pooled_shape)
     covs = jnp.where(s.active[:, None, None], regularize(covs, 0.0, floor) + ridge, eye)
     log_w = jnp.where(s.active, jnp.log(wins), -jnp.inf)
     # Before the first update no node is active: the placeholder nodes (at 0, identity
     # covariances) then stand in with uniform weights, so a first loss stays finite.
     log_w = jnp.where(jnp.any(s.active), log_w, 0.0)
-    return GaussianMixture(log_w, s.nodes, linalg.cholesky(covs))
+    return GaussianMixture(log_w, s.means, linalg.cholesky(covs))
 
 
 def quantization_error(state: GNGState, xs: jax.Array) -> jax.Array:
