@@ -204,7 +204,7 @@ def test_pooled_ridge_floors_every_component_relative_to_the_spread():
     share = np.where(act, np.asarray(g.wins), 0.0)
     gm = gng.mixture(g, floor=0.0, pooled_eps_rel=0.3)
     low, pooled = _min_eig_over_pooled(
-        gm, share / share.sum(), np.asarray(g.nodes), np.where(act[:, None, None], np.asarray(g.covs), 0.0)
+        gm, share / share.sum(), np.asarray(g.means), np.where(act[:, None, None], np.asarray(g.covs), 0.0)
     )
     np.testing.assert_array_less(0.3 * pooled * (1 - 1e-4), low[act])
     assert np.isneginf(np.asarray(gm.log_weights)[~act]).all()
@@ -249,7 +249,7 @@ def test_covariance_shaped_pooled_ridge_keeps_the_views_correlation():
     share = np.where(act, np.asarray(g.wins), 0.0)
     share = share / share.sum()
     covs = np.where(act[:, None, None], np.asarray(g.covs, np.float64), 0.0)
-    nodes = np.asarray(g.nodes, np.float64)
+    nodes = np.asarray(g.means, np.float64)  # the mixture's component means
     m = share @ nodes
     total = np.einsum("k,kde->de", share, covs + np.einsum("kd,ke->kde", nodes - m, nodes - m))
     scale_tril = np.asarray(gm.scale_tril, np.float64)[act]
