@@ -183,9 +183,15 @@ def test_adaptive_bank_keeps_the_ess_where_plain_reweighting_collapses():
     # at the target.
     d, m, n, target = 16, 512, 64, 0.5
     scale_tril = smc.kernel_scale_tril(jnp.eye(d), m)
-    step = jax.jit(smc.update, static_argnames=("ess_target", "tempering"))
+    step = jax.jit(smc.update, static_argnames=("ess_target", "tempering", "ess_threshold"))
     results = {}
-    for name, kw in (("plain", dict(tempering=1.0)), ("adaptive", dict(ess_target=target))):
+    # The resampling threshold sits below the target: at a threshold equal to it, the bank's
+    # ESS, computed on another path than the bisection's, can round to just under it and
+    # resample (seen on jax 0.12.1), which this test's no-copies check would count.
+    for name, kw in (
+        ("plain", dict(tempering=1.0, ess_threshold=0.45)),
+        ("adaptive", dict(ess_target=target, ess_threshold=0.45)),
+    ):
         bank = smc.ParticleBank.empty(m, d)
         fractions, deltas, unique = [], [], []
         for i in range(30):
