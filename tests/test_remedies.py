@@ -142,7 +142,7 @@ def test_online_em_reseeds_dead_components_and_kmeanspp_spreads():
     z = jnp.concatenate([jnp.zeros((50, 2)), jnp.ones((50, 2)) * 10.0])
     idx = np.asarray(em.kmeans_plus_plus(jax.random.key(0), z, 2))
     assert {int(i) // 50 for i in idx} == {0, 1}, "k-means++ must pick one seed per separated cluster"
-    # A component starved of data is re-seeded at a sample. With reseed_weight='uniform' it
+    # With reseed_at='sample', a component starved of data is re-seeded at a sample. With reseed_weight='uniform' it
     # gets 1/K back; by default it enters with the weight it earns: near a fixed point of
     # the weights' M-step on the batch (scipy densities of the updated components).
     rng = np.random.default_rng(0)
@@ -153,9 +153,11 @@ def test_online_em_reseeds_dead_components_and_kmeanspp_spreads():
         means=jnp.array([[0.0, 0.0], [1e3, 1e3]]),
         initialized=jnp.ones((), bool),
     )
-    old, _ = em.update(state, jnp.asarray(x), jax.random.key(1), momentum=0.9, reseed_weight="uniform")
+    old, _ = em.update(
+        state, jnp.asarray(x), jax.random.key(1), momentum=0.9, reseed_at="sample", reseed_weight="uniform"
+    )
     assert float(old.weights[1]) > 0.3
-    new, met = em.update(state, jnp.asarray(x), jax.random.key(1), momentum=0.9)
+    new, met = em.update(state, jnp.asarray(x), jax.random.key(1), momentum=0.9, reseed_at="sample")
     assert float(met["em_reseeded"]) == 1.0
     assert np.linalg.norm(np.asarray(new.means[1])) < 10.0
     w = np.asarray(new.weights, np.float64)

@@ -495,3 +495,30 @@ def test_a_cli_override_of_a_field_the_method_does_not_have_fails(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "tau" in out.stderr and not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_method_lr_scale_multiplies_only_the_methods_updates():
+    # SGD at a constant rate without clipping or decay (its schedule's first update is at
+    # rate 0, so two steps, both from the initial parameters): the prototypes move lr_scale
+    # times as far as at lr_scale=1, the encoder as far.
+    import numpy as np
+
+    from gje_jax import methods
+    from gje_jax.train import loop
+    from gje_jax.train.configs import smoke_config
+
+    moves = {}
+    for scale in (1.0, 4.0):
+        c = smoke_config("gmje").unlock()
+        c.method = methods.tuned("gmje", smoke=True, lr_scale=scale)
+        c.optim.update(name="sgd", lr=0.05, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0)
+        state, step_fn, source, sharding = loop.setup(c)
+        before = jax.tree.map(np.asarray, state.params)
+        for step in range(2):
+            batch = loop.global_batch(source, c, step, sharding)
+            state, _ = loop.run_step(c, step_fn, state, batch, jax.random.key(step))
+        moves[scale] = jax.tree.map(lambda a, b: np.asarray(a) - b, state.params, before)
+    for part, factor in (("method", 4.0), ("encoder", 1.0)):
+        for got, ref in zip(jax.tree.leaves(moves[4.0][part]), jax.tree.leaves(moves[1.0][part])):
+            np.testing.assert_allclose(got, factor * ref, rtol=1e-4, atol=2e-6)  # float32 differences of O(1) params
+    assert np.abs(moves[1.0]["method"]["means"]).max() > 0

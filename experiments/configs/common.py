@@ -9,14 +9,15 @@ from gje_jax.train.configs import base_config
 __all__ = ["BEFORE_DECEMBER_2026", "base_config", "clustered_views_train", "with_method"]
 
 # The density settings of every method before the December 2026 changes (learned prototype
-# logits without re-seeding, EM's re-seeded components at 1 / K, a fixed bank tempering, GNG's
-# components at its node positions).
+# logits without re-seeding, EM's re-seeded components at a sample with 1 / K, a fixed bank
+# tempering, GNG's components at its node positions).
 # Experiments whose tables were made with them and not rerun
 # since (the image tables: no GPU lent; the 40-minute stability run) pin them, so their
 # commands still reproduce their tables.
 BEFORE_DECEMBER_2026 = dict(
     prior="learned",
     reseed=False,
+    reseed_at="sample",
     reseed_weight="uniform",
     bank_ess_target=0.0,
     gng_means="nodes",

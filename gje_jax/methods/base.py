@@ -72,7 +72,9 @@ class Method:
       method has a cheaper way than density(...).marginal(0, e).sample;
     predict(params, state, c) -> [N, d_t]: a point prediction of the target embedding from
       context embeddings c [N, d_c] (a deterministic predictor's head); None when absent;
-    target_momentum: the EMA momentum of a target network the loss reads (None: none).
+    target_momentum: the EMA momentum of a target network the loss reads (None: none);
+    lr_scale: multiplier of the learning rate of the method's own parameters
+      (params['method']) relative to the encoder's (`gje_jax.train.optim.scale_method_lr`).
 
     Example:
       >>> from gje_jax import methods
@@ -94,6 +96,7 @@ class Method:
     sampler: Callable[[Any, Any, jax.Array, int, int], jax.Array] | None = None
     predict: Callable[[Any, Any, jax.Array], jax.Array] | None = None
     target_momentum: float | None = None
+    lr_scale: float = 1.0
 
     @property
     def target_network(self) -> bool:

@@ -11,9 +11,10 @@ learning rate, so a component that stops explaining data keeps its prior mass fo
 thousands of steps (measured: 58% of the prior on such components after 1500 steps).
 
 The state also carries re-seeding (METHOD section 4's dead components, for SGD too): a
-component whose usage falls below dead_threshold is moved to a badly explained batch sample
-with the live components' average covariance and enters with the weight it earns
-(`gje_jax.remedies.reseed`). Parameters are never written by `update`: the state holds an
+component whose usage falls below dead_threshold becomes one half of a live component
+split in two (reseed_at='split'), or is moved to a badly explained batch sample with the
+live components' average covariance and the weight it earns ('sample'); see
+`gje_jax.remedies.reseed`. Parameters are never written by `update`: the state holds an
 offset added to them (params + offset is the component), so re-seeding moves a component
 while the optimiser's moments and the gradient (d(params + offset) / d params = 1) stay as
 they were. init='kmeans++' seeds the components the same way from the first batch (not the
@@ -34,12 +35,13 @@ from gje_jax.methods.shared import (
     FLOOR,
     NUM_COMPONENTS,
     OBJECTIVE,
+    RESEED_AT,
     geometry_settings,
     mixture_loss,
 )
 from gje_jax.mixture import GaussianMixture, component_log_probs
 from gje_jax.remedies import em, reseed
-from gje_jax.settings import Setting, choice, fraction, nonnegative
+from gje_jax.settings import Setting, choice, fraction, nonnegative, positive
 
 TITLE = "GMJE prototypes (SGD)"
 PRIORS = ("usage", "learned")
@@ -56,6 +58,7 @@ SETTINGS = {
     "lambda_bal": nonnegative(0.1, "weight of the balance term KL(mean responsibility || prior weights)"),
     "reseed": Setting(True, "re-seed components whose usage falls below dead_threshold", "bool"),
     "dead_threshold": DEAD_THRESHOLD.only_when(lambda s: s.reseed, "reseed=True"),
+    "reseed_at": RESEED_AT.only_when(lambda s: s.reseed, "reseed=True"),
     "usage_momentum": fraction(0.9, "EMA momentum of the components' usage (mean responsibility)").only_when(
         lambda s: s.prior == "usage" or s.reseed, "prior='usage' or reseed=True"
     ),
@@ -65,6 +68,12 @@ SETTINGS = {
         "first batch's embeddings: fits the untrained encoder's output, which training then leaves; on "
         "the main job NLL 0.70 against -0.18 for random)",
         ("random", "kmeans++"),
+    ),
+    "lr_scale": positive(
+        1.0,
+        "multiplier of the prototypes' learning rate relative to the encoder's: an Adam step moves a mean by "
+        "about the learning rate, and embeddings that travel farther than lr x num_steps leave the "
+        "prototypes behind",
     ),
     "floor": FLOOR,
 }
@@ -162,11 +171,18 @@ def build(s) -> Method:
 
             def go(st):
                 covs = mix.scale_tril @ jnp.swapaxes(mix.scale_tril, -1, -2)
+                before = usage if not learned else jax.nn.softmax(mix.log_weights)
+                if s.reseed_at == "split":
+                    weights, means, covs, changed = reseed.split(
+                        k_seed, z, joint, before / jnp.sum(before), mix.means, covs, dead
+                    )
+                    scale_tril = linalg.cholesky(regularize(covs, s.eps_rel, s.eps_abs))
+                    new = place(params, st, changed, weights, means, scale_tril)
+                    return dict(new, usage=jnp.where(changed, weights, usage) if learned else weights)
                 live = jnp.where(dead, 0.0, usage)
                 alive_cov = jnp.sum(live[:, None, None] * covs, 0) / jnp.maximum(jnp.sum(live), 1e-30)
                 means = jnp.where(dead[:, None], z[reseed.picks(k_seed, log_p, k)], mix.means)
                 scale_tril = jnp.where(dead[:, None, None], linalg.cholesky(alive_cov), mix.scale_tril)
-                before = usage if not learned else jax.nn.softmax(mix.log_weights)
                 weights = reseed.earned_weights(z, before / jnp.sum(before), means, scale_tril, dead)
                 new = place(params, st, dead, weights, means, scale_tril)
                 # The usage of the live components is what they were measured at.
@@ -176,4 +192,4 @@ def build(s) -> Method:
             metrics["reseeded"] = jnp.sum(dead).astype(jnp.float32)
         return state, metrics
 
-    return Method("gmje", init, loss, update, density=density)
+    return Method("gmje", init, loss, update, density=density, lr_scale=s.lr_scale)

@@ -11,6 +11,7 @@ from gje_jax.methods.shared import (
     OBJECTIVE,
     POOLED_EPS_REL,
     POOLED_SHAPE,
+    RESEED_AT,
     geometry_settings,
     mixture_loss,
 )
@@ -24,11 +25,13 @@ SETTINGS = {
     **geometry_settings(),
     "em_momentum": EM_MOMENTUM,
     "dead_threshold": DEAD_THRESHOLD,
+    "reseed_at": RESEED_AT,
     "reseed_weight": choice(
         "earned",
-        "prior weight of a re-seeded component: earned (its mean responsibility on the batch) | uniform "
-        "(1 / K, the behaviour before December 2026, kept so the image tables made with it reproduce)",
+        "prior weight of a component re-seeded at a sample: earned (its mean responsibility on the batch) | "
+        "uniform (1 / K, the behaviour before December 2026, kept so the image tables made with it reproduce)",
         em.RESEED_WEIGHTS,
+        when=(lambda s: s.reseed_at == "sample", "reseed_at='sample'"),
     ),
     "pooled_eps_rel": POOLED_EPS_REL,
     "pooled_shape": POOLED_SHAPE,
@@ -65,7 +68,8 @@ def build(s) -> Method:
             eps_abs=s.eps_abs,
             pooled_eps_rel=s.pooled_eps_rel,
             pooled_shape=s.pooled_shape,
-            reseed_weight=s.reseed_weight,
+            reseed_at=s.reseed_at,
+            reseed_weight=s.reseed_weight if s.reseed_at == "sample" else "earned",
         )
         return {"em": new}, metrics
 

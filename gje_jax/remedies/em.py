@@ -171,16 +171,19 @@ def update(
     eps_abs: float = DEFAULT_EPS_ABS,
     pooled_eps_rel: float = 0.0,
     pooled_shape: str = "isotropic",
+    reseed_at: str = "split",
     reseed_weight: str = "earned",
 ) -> tuple[EMState, dict[str, jax.Array]]:
     """One online-EM step on the batch z [N, D] (stop-gradient).
 
     E-step: responsibilities under the current prototypes. M-step: EMA (momentum) of the
     normalised sufficient statistics, merged with the pooled-variance identity. Dead
-    components (weight < dead_threshold, default 1 / (10 K)) are re-seeded k-means++
-    style at samples drawn with probability increasing in their NLL under the mixture
-    (`gje_jax.remedies.reseed`), with the weight they earn on the batch
-    (reseed_weight='earned') or 1 / K ('uniform', the behaviour before December 2026).
+    components (weight < dead_threshold, default 1 / (10 K)) are re-seeded
+    (`gje_jax.remedies.reseed`): reseed_at='split' halves the live component that best
+    explains a badly explained sample; 'sample' moves them, k-means++ style, to samples
+    drawn with probability increasing in their NLL under the mixture, with the weight they
+    earn on the batch (reseed_weight='earned') or 1 / K ('uniform'; 'sample' with
+    'uniform' is the behaviour before December 2026).
     The first call on an uninitialised state seeds by k-means++ instead.
 
     Each factor is of Sigma_k + eps I + R with eps = eps_rel tr(Sigma_k) / D + eps_abs and
@@ -211,6 +214,8 @@ def update(
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
     check_pooled_ridge(pooled_eps_rel, pooled_shape)
+    if reseed_at not in reseed.PLACES:
+        raise ValueError(f"reseed_at={reseed_at!r} is unknown; valid: {list(reseed.PLACES)}.")
     if reseed_weight not in RESEED_WEIGHTS:
         raise ValueError(f"reseed_weight={reseed_weight!r} is unknown; valid: {list(RESEED_WEIGHTS)}.")
     threshold = reseed.default_threshold(k, dead_threshold)
@@ -240,6 +245,10 @@ def update(
     weights = (a + b) / jnp.sum(a + b)
     # Re-seed dead components at badly explained samples (k-means++ style).
     dead = weights < threshold
+    if reseed_at == "split":
+        weights, mean, cov, _ = reseed.split(k_seed, z, joint, weights, mean, cov, dead)
+        scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
+        return _finish(state, weights, mean, cov, scale_tril, dead, log_p)
     targets = reseed.picks(k_seed, log_p, k)
     alive_cov = jnp.sum(weights[:, None, None] * cov, axis=0) / jnp.sum(weights)
     mean = jnp.where(dead[:, None], z[targets], mean)
@@ -255,6 +264,10 @@ def update(
             return w, _factor(w, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
 
         weights, scale_tril = jax.lax.cond(jnp.any(dead), earn, lambda w: (w, scale_tril), weights)
+    return _finish(state, weights, mean, cov, scale_tril, dead, log_p)
+
+
+def _finish(state, weights, mean, cov, scale_tril, dead, log_p):
     new = EMState(weights, mean, cov, scale_tril, state.initialized, state.num_reseeded)
     new = new.replace(num_reseeded=state.num_reseeded + jnp.sum(dead).astype(jnp.int32))
     metrics = {

@@ -2,12 +2,22 @@
 where a re-seeded component goes, and the prior weight it enters with.
 
 A component is dead when its weight (the EMA of its share of the responsibilities) falls
-below a threshold. It is moved to a batch sample drawn with probability increasing in the
-sample's NLL under the mixture (k-means++ style: the data the mixture explains worst), given
-the average covariance of the live components, and enters with the weight it *earns*: its
-mean responsibility on the batch when it competes at a provisional weight of 1 / K. A
-component placed on an outlier thus starts near zero instead of taking 1 / K of the prior
-mass from the components that explain the data.
+below a threshold. Two places (PLACES):
+
+- 'split' (`split`, the default of both methods): the dead component and the live one that
+  best explains a badly explained sample become that live component's two halves, which
+  keep its mass, mean and covariance. Nothing is created that no data supports, and a
+  component that spans two clusters is what gets divided.
+- 'sample' (`picks`, `earned_weights`): it is moved to a batch sample drawn with probability increasing in the
+  sample's NLL under the mixture (k-means++ style: the data the mixture explains worst),
+  given the average covariance of the live components, and enters with the weight it
+  *earns*: its mean responsibility on the batch when it competes at a provisional weight
+  of 1 / K. A component placed on an outlier thus starts near zero instead of taking 1 / K
+  of the prior mass from the components that explain the data. Measured in encoder
+  training (synthetic sampling task, online EM), that is also its weakness: a component
+  that earns little beside a broad live one dies again before it can take a cluster from
+  it, and the mixture stays broad (own-density precision 0.000 at k = 5, against 0.919
+  with 'split').
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from gje_jax.mixture import component_log_probs
+
+PLACES = ("split", "sample")
 
 
 def default_threshold(num_components: int, dead_threshold: float | None) -> float:
@@ -97,3 +109,85 @@ def earned_weights(
     new = jax.lax.fori_loop(0, iterations, m_step, jnp.where(reseeded, 1.0 / k, 0.0))
     out = new + kept_share * (1.0 - jnp.sum(new))
     return out / jnp.sum(out)
+
+
+def split(
+    key: jax.Array,
+    z: jax.Array,
+    log_joint: jax.Array,
+    weights: jax.Array,
+    means: jax.Array,
+    covs: jax.Array,
+    dead: jax.Array,
+    power_iterations: int = 16,
+):
+    """Re-seed dead components by splitting live ones in two (moment-preserving).
+
+    For each dead component j, in order: a batch sample is drawn as in `picks` (the data the
+    mixture explains worst) and the live component that explains it best is the parent
+    (each parent is split at most once per call). The parent N(mu, Sigma) is replaced by
+    the two halves it has on either side of the hyperplane through mu normal to its
+    principal axis v (power iteration): N(mu +- a, Sigma - a a^T) with
+    a = sqrt(2 / pi) Sigma v / sqrt(v^T Sigma v), each with half of the parent's weight.
+    The pair keeps the parent's mass, mean and covariance, so a split creates no prior mass
+    that no data supports; EM then moves the halves apart where the parent spans two
+    clusters. A dead component that finds no parent left keeps its place and weight.
+
+    Args:
+      key: PRNG key; z: [N, D] the batch; log_joint: [N, K] log w_k + log N(z_n | k)
+        (chooses the parents); weights [K], means [K, D], covs [K, D, D] (PSD, no ridge
+        needed): the mixture after its M-step; dead: [K] bool; power_iterations: static.
+
+    Returns:
+      (weights [K] summing to one, means [K, D], covs [K, D, D], changed [K] bool: the
+      components that are now halves, dead ones and their parents).
+
+    Example:
+      >>> cov = jnp.array([[[4.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+      >>> z, joint = jnp.zeros((1, 2)), jnp.array([[0.0, -9.0]])       # component 0 explains it
+      >>> w, mu, c, s = gje_jax.remedies.reseed.split(jax.random.key(0), z, joint,
+      ...     jnp.array([0.99, 0.01]), jnp.zeros((2, 2)), cov, jnp.array([False, True]))
+      >>> np.asarray(w).round(3).tolist(), np.abs(np.asarray(mu[:, 0])).round(3).tolist()   # 2 sqrt(2 / pi)
+      ([0.5, 0.5], [1.596, 1.596])
+      >>> s.tolist()
+      [True, True]
+    """
+    k, d = means.shape
+    log_p = jax.nn.logsumexp(log_joint, axis=-1)
+    targets = picks(key, log_p, k)
+
+    def one(j, carry):
+        weights, means, covs, used = carry
+        x = z[targets[j]]
+        allowed = ~dead & ~used
+        parent = jnp.argmax(jnp.where(allowed, log_joint[targets[j]], -jnp.inf))
+        ok = dead[j] & jnp.any(allowed)
+        sigma = covs[parent]
+        # Start the power iteration towards the sample (a data-driven direction); the
+        # fallback start only matters when x sits exactly on the parent's mean.
+        start = x - means[parent]
+        start = jnp.where(jnp.sum(start * start) > 0, start, jnp.ones((d,), z.dtype))
+
+        def power(_, u):
+            u = sigma @ u
+            return u / jnp.maximum(jnp.linalg.norm(u), 1e-30)
+
+        u = jax.lax.fori_loop(0, power_iterations, power, start / jnp.linalg.norm(start))
+        su = sigma @ u
+        a = jnp.sqrt(2.0 / jnp.pi) * su / jnp.sqrt(jnp.maximum(u @ su, 1e-30))
+        half_cov = sigma - a[:, None] * a[None, :]
+        half_w = weights[parent] / 2.0
+        new_w = weights.at[parent].set(half_w).at[j].set(half_w)
+        new_mu = means.at[parent].set(means[parent] + a).at[j].set(means[parent] - a)
+        new_cov = covs.at[parent].set(half_cov).at[j].set(half_cov)
+        pick = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        return (
+            pick(new_w, weights),
+            pick(new_mu, means),
+            pick(new_cov, covs),
+            used.at[parent].set(used[parent] | ok).at[j].set(used[j] | ok),
+        )
+
+    none = jnp.zeros((k,), bool)
+    weights, means, covs, changed = jax.lax.fori_loop(0, k, one, (weights, means, covs, none))
+    return weights / jnp.sum(weights), means, covs, changed

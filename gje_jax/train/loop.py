@@ -20,7 +20,7 @@ from gje_jax.models import build_network
 from gje_jax.train import checkpoint, config_check, divergence, records
 from gje_jax.train import workdir as workdir_lib
 from gje_jax.train.divergence import Diverged  # noqa: F401 (raised by train)
-from gje_jax.train.optim import make_optimizer, make_schedule, with_probe_optimizer
+from gje_jax.train.optim import make_optimizer, make_schedule, scale_method_lr, with_probe_optimizer
 from gje_jax.train.state import create_state
 from gje_jax.train.step import train_step
 
@@ -159,7 +159,7 @@ def setup(config, mesh: Mesh | None = None, data=None):
     data = source.arrays
     network = build_network(config.model)
     method = methods.build(config.method, config)
-    tx = make_optimizer(config.optim, config.num_steps)
+    tx = scale_method_lr(make_optimizer(config.optim, config.num_steps), method.lr_scale)
     if num_classes:
         tx = with_probe_optimizer(tx, config.data.probe_lr)
     replicated = NamedSharding(mesh, P())

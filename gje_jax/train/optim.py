@@ -109,3 +109,26 @@ def with_probe_optimizer(tx: optax.GradientTransformation, probe_lr: float) -> o
         return {k: jax.tree.map(lambda _, k=k: "probe" if k == "probe" else "ssl", v) for k, v in params.items()}
 
     return optax.multi_transform({"ssl": tx, "probe": optax.adam(probe_lr)}, labels)
+
+
+def scale_method_lr(tx: optax.GradientTransformation, scale: float) -> optax.GradientTransformation:
+    """tx, with the updates of params['method'] (the method's own parameters: prototypes,
+    heads) multiplied by `scale`; tx itself when scale is 1. The parameters must be a dict
+    of top-level parts ('encoder', 'method', ...), as the train state holds them.
+
+    Example:
+      >>> import optax
+      >>> from gje_jax.train.optim import scale_method_lr
+      >>> tx = scale_method_lr(optax.sgd(0.1), 30.0)
+      >>> params = {"encoder": jnp.ones(2), "method": jnp.ones(2)}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> [round(float(updates[k][0]), 4) for k in ("encoder", "method")]
+      [-0.1, -3.0]
+    """
+    if scale == 1.0:
+        return tx
+
+    def leaves(params):
+        return {k: jax.tree.map(lambda _, k=k: k == "method", v) for k, v in params.items()}
+
+    return optax.chain(tx, optax.masked(optax.scale(scale), leaves))
