@@ -36,6 +36,52 @@ def _read_metrics(path: str) -> list[dict]:
     return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
 
 
+def insertion_spikes(steps, loss, inserted, window: int = 50, after: int = 5) -> dict:
+    """How far the loss jumps when GMJE-GNG inserts a node, against how far it jumps anyway.
+
+    At each step i with a full window before it, excess(i) = max(loss[i : i + after]) -
+    mean(loss[i - window : i]), relative to |mean(loss[i - window : i])| (so a spike to
+    twice a positive running loss is 1.0).
+
+    Args:
+      steps, loss, inserted: [T] per-step records (consecutive steps: log_every = 1);
+        inserted: the nodes inserted at each step (GNG's gng_inserted), > 0 at insertions.
+
+    Returns:
+      {'insertions': count, 'insert_excess': max relative excess at insertions,
+       'other_excess': max relative excess at the other steps (those whose look-ahead
+       holds no step within `after` after an insertion)}; NaN where the records are not
+       consecutive or too short.
+
+    Example:
+      >>> loss = np.full(200, 2.0); loss[120] = 5.0                 # 2.5x the running loss
+      >>> inserted = np.zeros(200); inserted[120] = 1               # a node at step 120
+      >>> out = insertion_spikes(np.arange(200), loss, inserted)
+      >>> out["insertions"], out["insert_excess"], out["other_excess"]
+      (1, 1.5, 0.0)
+    """
+    steps, loss = (np.asarray(x, np.float64) for x in (steps, loss))
+    inserted = np.asarray(inserted) > 0
+    nan = {"insertions": int(inserted.sum()), "insert_excess": np.nan, "other_excess": np.nan}
+    if len(steps) <= window + after or np.any(np.diff(steps) != 1) or not np.all(np.isfinite(loss)):
+        return nan
+    csum = np.r_[0.0, np.cumsum(loss)]
+    idx = np.arange(window, len(loss) - after + 1)
+    running = (csum[idx] - csum[idx - window]) / window
+    ahead = np.lib.stride_tricks.sliding_window_view(loss, after)[idx]
+    excess = (ahead.max(axis=1) - running) / np.maximum(np.abs(running), 1e-12)
+    near = np.zeros(len(loss), bool)
+    for i in np.flatnonzero(inserted):  # look-ahead windows that hold an insertion's steps
+        near[max(i - after + 1, 0) : i + after] = True
+    at = inserted[idx]
+    other = ~near[idx]
+    return {
+        "insertions": int(inserted.sum()),
+        "insert_excess": float(excess[at].max()) if at.any() else np.nan,
+        "other_excess": float(excess[other].max()) if other.any() else np.nan,
+    }
+
+
 def summarize(method: str, rows: list[dict], seconds: float, error: str, diverged_at: int | None = None) -> dict:
     """diverged_at: the step whose update was non-finite; the run's steps end there."""
 
@@ -58,6 +104,12 @@ def summarize(method: str, rows: list[dict], seconds: float, error: str, diverge
         "seconds": round(seconds, 1),
         "error": error,
     }
+    last = rows[-1] if rows else {}
+    inserted_keys = [k for k in last if k.endswith("gng_inserted")]
+    if inserted_keys:
+        out.update(insertion_spikes(col("step"), loss, col(inserted_keys[0])))
+    for k in [k for k in last if k.endswith("bank_ess_fraction")]:
+        out[f"{k}_min"] = float(np.nanmin(col(k)))
     for k in DIAGNOSTICS:
         for name in rows[-1] if rows else ():
             if name.endswith(k):

@@ -415,3 +415,31 @@ def test_an_eager_loss_checks_each_user_argument_once(monkeypatch):
     z = _z()
     L.gmje_loss(z[:, :2], z[:, 2:], gm, lambda_geo=1.0)
     assert sorted(seen) == ["c", "means", "scale_tril", "t"]
+
+
+def test_insertion_spikes_against_a_brute_force_loop():
+    # Random losses with planted jumps, some at node insertions: the vectorised statistic
+    # equals a plain loop over the steps, and non-consecutive records give NaN.
+    import numpy as np
+
+    from experiments.stability import insertion_spikes
+
+    rng = np.random.default_rng(0)
+    t, window, after = 400, 50, 5
+    loss = 3.0 + rng.normal(size=t) * 0.1
+    inserted = rng.random(t) < 0.03
+    loss[np.flatnonzero(inserted)[:3] + 2] += 4.0  # spikes two steps after three insertions
+    loss[300] -= 9.0  # a drop (no spike)
+    got = insertion_spikes(np.arange(t), loss, inserted.astype(float), window=window, after=after)
+    at, other = [], []
+    for i in range(window, t - after + 1):
+        run = loss[i - window : i].mean()
+        ex = (loss[i : i + after].max() - run) / abs(run)
+        near = any(j - after < i < j + after for j in np.flatnonzero(inserted))
+        (at if inserted[i] else other if not near else []).append(ex)
+    assert got["insertions"] == int(inserted.sum())
+    np.testing.assert_allclose(got["insert_excess"], max(at), rtol=1e-12)
+    np.testing.assert_allclose(got["other_excess"], max(other), rtol=1e-12)
+    assert got["insert_excess"] > 1.0 > got["other_excess"]
+    gappy = insertion_spikes(np.arange(t) * 10, loss, inserted)
+    assert np.isnan(gappy["insert_excess"]) and gappy["insertions"] == got["insertions"]

@@ -11,11 +11,11 @@ from gje_jax.methods.shared import (
     OBJECTIVE,
     POOLED_EPS_REL,
     POOLED_SHAPE,
-    RESEED_AT,
     geometry_settings,
     mixture_loss,
 )
 from gje_jax.remedies import em
+from gje_jax.remedies.reseed import PLACES
 from gje_jax.settings import choice
 
 TITLE = "GMJE online EM"
@@ -25,13 +25,20 @@ SETTINGS = {
     **geometry_settings(),
     "em_momentum": EM_MOMENTUM,
     "dead_threshold": DEAD_THRESHOLD,
-    "reseed_at": RESEED_AT,
+    "reseed_at": choice(
+        "best",
+        "where a dead component is re-seeded: best (both of the below, keeping the one under which the batch "
+        "is more likely) | split (it and the live component that best explains a badly explained sample become "
+        "that component's two halves) | sample (at a badly explained batch sample, with the live components' "
+        "average covariance)",
+        ("best",) + PLACES,
+    ),
     "reseed_weight": choice(
         "earned",
         "prior weight of a component re-seeded at a sample: earned (its mean responsibility on the batch) | "
         "uniform (1 / K, the behaviour before December 2026, kept so the image tables made with it reproduce)",
         em.RESEED_WEIGHTS,
-        when=(lambda s: s.reseed_at == "sample", "reseed_at='sample'"),
+        when=(lambda s: s.reseed_at != "split", "reseed_at='sample' or 'best'"),
     ),
     "pooled_eps_rel": POOLED_EPS_REL,
     "pooled_shape": POOLED_SHAPE,
@@ -69,7 +76,7 @@ def build(s) -> Method:
             pooled_eps_rel=s.pooled_eps_rel,
             pooled_shape=s.pooled_shape,
             reseed_at=s.reseed_at,
-            reseed_weight=s.reseed_weight if s.reseed_at == "sample" else "earned",
+            reseed_weight=s.reseed_weight if s.reseed_at != "split" else "earned",
         )
         return {"em": new}, metrics
 

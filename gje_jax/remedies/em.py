@@ -171,7 +171,7 @@ def update(
     eps_abs: float = DEFAULT_EPS_ABS,
     pooled_eps_rel: float = 0.0,
     pooled_shape: str = "isotropic",
-    reseed_at: str = "split",
+    reseed_at: str = "best",
     reseed_weight: str = "earned",
 ) -> tuple[EMState, dict[str, jax.Array]]:
     """One online-EM step on the batch z [N, D] (stop-gradient).
@@ -183,7 +183,9 @@ def update(
     explains a badly explained sample; 'sample' moves them, k-means++ style, to samples
     drawn with probability increasing in their NLL under the mixture, with the weight they
     earn on the batch (reseed_weight='earned') or 1 / K ('uniform'; 'sample' with
-    'uniform' is the behaviour before December 2026).
+    'uniform' is the behaviour before December 2026); 'best' makes both and keeps the one
+    under which the batch is more likely (a split wins where the parent's data is not one
+    Gaussian, e.g. two clusters).
     The first call on an uninitialised state seeds by k-means++ instead.
 
     Each factor is of Sigma_k + eps I + R with eps = eps_rel tr(Sigma_k) / D + eps_abs and
@@ -192,7 +194,8 @@ def update(
     bounds how tight a component can get relative to the spread of the embeddings;
     without it, embeddings trained against the mixture can pack into K tight clusters.
 
-    Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight'}).
+    Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight',
+    'em_split' (1 when this step re-seeded by splitting)}).
 
     Example:
       >>> z = jnp.concatenate([jax.random.normal(jax.random.key(0), (256, 2)) - 5, jax.random.normal(jax.random.key(1), (256, 2)) + 5])
@@ -214,8 +217,8 @@ def update(
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
     check_pooled_ridge(pooled_eps_rel, pooled_shape)
-    if reseed_at not in reseed.PLACES:
-        raise ValueError(f"reseed_at={reseed_at!r} is unknown; valid: {list(reseed.PLACES)}.")
+    if reseed_at not in reseed.PLACES + ("best",):
+        raise ValueError(f"reseed_at={reseed_at!r} is unknown; valid: {list(reseed.PLACES + ('best',))}.")
     if reseed_weight not in RESEED_WEIGHTS:
         raise ValueError(f"reseed_weight={reseed_weight!r} is unknown; valid: {list(RESEED_WEIGHTS)}.")
     threshold = reseed.default_threshold(k, dead_threshold)
@@ -243,28 +246,43 @@ def update(
         + (fa * fb)[:, None, None] * delta[:, :, None] * delta[:, None, :]
     )
     weights = (a + b) / jnp.sum(a + b)
-    # Re-seed dead components at badly explained samples (k-means++ style).
     dead = weights < threshold
-    if reseed_at == "split":
-        weights, mean, cov, _ = reseed.split(k_seed, z, joint, weights, mean, cov, dead)
-        scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
-        return _finish(state, weights, mean, cov, scale_tril, dead, log_p)
-    targets = reseed.picks(k_seed, log_p, k)
-    alive_cov = jnp.sum(weights[:, None, None] * cov, axis=0) / jnp.sum(weights)
-    mean = jnp.where(dead[:, None], z[targets], mean)
-    cov = jnp.where(dead[:, None, None], alive_cov, cov)
-    weights = jnp.where(dead, 1.0 / k, weights)
-    weights = weights / jnp.sum(weights)
-    scale_tril = _factor(weights, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
-    if reseed_weight == "earned":
 
-        def earn(w):
-            w = reseed.earned_weights(z, w, mean, scale_tril, dead)
-            # The pooled ridge follows the weights; the factors are remade with the final ones.
-            return w, _factor(w, mean, cov, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
+    def factor(w, m, c):
+        return _factor(w, m, c, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
 
-        weights, scale_tril = jax.lax.cond(jnp.any(dead), earn, lambda w: (w, scale_tril), weights)
-    return _finish(state, weights, mean, cov, scale_tril, dead, log_p)
+    def split_proposal():
+        w, m, c, _ = reseed.split(k_seed, z, joint, weights, mean, cov, dead)
+        return w, m, c, factor(w, m, c)
+
+    def sample_proposal():
+        # At badly explained samples (k-means++ style), with the live components' average covariance.
+        m = jnp.where(dead[:, None], z[reseed.picks(k_seed, log_p, k)], mean)
+        alive_cov = jnp.sum(weights[:, None, None] * cov, axis=0) / jnp.sum(weights)
+        c = jnp.where(dead[:, None, None], alive_cov, cov)
+        w = jnp.where(dead, 1.0 / k, weights)
+        w = w / jnp.sum(w)
+        if reseed_weight == "earned":
+            w = reseed.earned_weights(z, w, m, factor(w, m, c), dead)
+        # The pooled ridge follows the weights: the factors are made with the final ones.
+        return w, m, c, factor(w, m, c)
+
+    def reseeded(_):
+        if reseed_at == "split":
+            return split_proposal(), jnp.ones((), bool)
+        if reseed_at == "sample":
+            return sample_proposal(), jnp.zeros((), bool)
+        a, b = split_proposal(), sample_proposal()
+        take = reseed.batch_log_likelihood(z, a[0], a[1], a[3]) > reseed.batch_log_likelihood(z, b[0], b[1], b[3])
+        return jax.tree.map(lambda x, y: jnp.where(take, x, y), a, b), take
+
+    def kept(_):
+        return (weights, mean, cov, factor(weights, mean, cov)), jnp.zeros((), bool)
+
+    (weights, mean, cov, scale_tril), split = jax.lax.cond(jnp.any(dead), reseeded, kept, None)
+    new, metrics = _finish(state, weights, mean, cov, scale_tril, dead, log_p)
+    metrics["em_split"] = split.astype(jnp.float32)
+    return new, metrics
 
 
 def _finish(state, weights, mean, cov, scale_tril, dead, log_p):

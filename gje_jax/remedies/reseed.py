@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gje_jax.mixture import component_log_probs
+from gje_jax.mixture import GaussianMixture, component_log_probs
 
 PLACES = ("split", "sample")
 
@@ -191,3 +191,16 @@ def split(
     none = jnp.zeros((k,), bool)
     weights, means, covs, changed = jax.lax.fori_loop(0, k, one, (weights, means, covs, none))
     return weights / jnp.sum(weights), means, covs, changed
+
+
+def batch_log_likelihood(z: jax.Array, weights: jax.Array, means: jax.Array, scale_tril: jax.Array) -> jax.Array:
+    """Mean log-density [] of the batch z [N, D] under the mixture (weights [K] summing to
+    one, means [K, D], scale_tril [K, D, D]): how two re-seeding proposals are compared.
+
+    Example:
+      >>> z = jnp.zeros((4, 1))
+      >>> ll = gje_jax.remedies.reseed.batch_log_likelihood(z, jnp.array([1.0]), jnp.zeros((1, 1)), jnp.ones((1, 1, 1)))
+      >>> round(float(ll), 4)                                       # log N(0 | 0, 1) = -log(2 pi) / 2
+      -0.9189
+    """
+    return jnp.mean(GaussianMixture(jnp.log(jnp.maximum(weights, 1e-30)), means, scale_tril).log_prob(z))
