@@ -4,12 +4,13 @@ where a re-seeded component goes, and the prior weight it enters with.
 A component is dead when its weight (the EMA of its share of the responsibilities) falls
 below a threshold. Two places (PLACES):
 
-- 'split' (`split`, the default of both methods): the dead component and the live one that
+- 'split' (`split`; the SGD prototypes' default): the dead component and the live one that
   best explains a badly explained sample become that live component's two halves, which
   keep its mass, mean and covariance. Nothing is created that no data supports, and a
   component that spans two clusters is what gets divided.
-- 'sample' (`picks`, `earned_weights`): it is moved to a batch sample drawn with probability increasing in the
-  sample's NLL under the mixture (k-means++ style: the data the mixture explains worst),
+- 'sample' (`picks`, `earned_weights`): it is moved to a batch sample drawn with
+  probability increasing in the sample's NLL under the mixture (k-means++ style: the data
+  the mixture explains worst),
   given the average covariance of the live components, and enters with the weight it
   *earns*: its mean responsibility on the batch when it competes at a provisional weight
   of 1 / K. A component placed on an outlier thus starts near zero instead of taking 1 / K
@@ -18,6 +19,10 @@ below a threshold. Two places (PLACES):
   that earns little beside a broad live one dies again before it can take a cluster from
   it, and the mixture stays broad (own-density precision 0.000 at k = 5, against 0.919
   with 'split').
+
+Online EM's default, 'best', makes both proposals and keeps the one under which the batch
+is more likely (`batch_log_likelihood`): a split only where the parent's data is not one
+Gaussian.
 """
 
 from __future__ import annotations
