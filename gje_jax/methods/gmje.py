@@ -35,7 +35,6 @@ from gje_jax.methods.shared import (
     FLOOR,
     NUM_COMPONENTS,
     OBJECTIVE,
-    RESEED_AT,
     geometry_settings,
     mixture_loss,
 )
@@ -58,7 +57,13 @@ SETTINGS = {
     "lambda_bal": nonnegative(0.1, "weight of the balance term KL(mean responsibility || prior weights)"),
     "reseed": Setting(True, "re-seed components whose usage falls below dead_threshold", "bool"),
     "dead_threshold": DEAD_THRESHOLD.only_when(lambda s: s.reseed, "reseed=True"),
-    "reseed_at": RESEED_AT.only_when(lambda s: s.reseed, "reseed=True"),
+    "reseed_at": choice(
+        "split",
+        "where a dead component is re-seeded: split (it and the live component that best explains a badly "
+        "explained sample become that component's two halves, which keep its mass, mean and covariance) | "
+        "sample (at a badly explained batch sample, with the live components' average covariance)",
+        reseed.PLACES,
+    ).only_when(lambda s: s.reseed, "reseed=True"),
     "usage_momentum": fraction(0.9, "EMA momentum of the components' usage (mean responsibility)").only_when(
         lambda s: s.prior == "usage" or s.reseed, "prior='usage' or reseed=True"
     ),

@@ -76,7 +76,7 @@ def build(s) -> Method:
             pooled_eps_rel=s.pooled_eps_rel,
             pooled_shape=s.pooled_shape,
             reseed_at=s.reseed_at,
-            reseed_weight=s.reseed_weight if s.reseed_at != "split" else "earned",
+            reseed_weight=s.reseed_weight,
         )
         return {"em": new}, metrics
 

@@ -12,7 +12,6 @@ from gje_jax.gaussian import POOLED_SHAPES
 from gje_jax.losses.mixture import OBJECTIVES
 from gje_jax.methods.base import Embeddings
 from gje_jax.mixture import GaussianMixture
-from gje_jax.remedies.reseed import PLACES
 from gje_jax.settings import choice, fraction, integer, nonnegative, positive
 
 LAMBDA_GEO = nonnegative(1.0, "weight of the geometry term (1 makes the NLL scale-invariant; 0 is the naive loss)")
@@ -23,13 +22,6 @@ NUM_COMPONENTS = integer(8, "number of mixture components K")
 OBJECTIVE = choice("joint", "what the mixture NLL scores: the joint [c ; t] or p(t | c)", OBJECTIVES)
 MOMENTUM = fraction(0.99, "EMA momentum of running statistics")
 DEAD_THRESHOLD = nonnegative(0.0, "weight below which a component is re-seeded; 0 = 1 / (10 K)")
-RESEED_AT = choice(
-    "split",
-    "where a dead component is re-seeded: split (it and the live component that best explains a badly "
-    "explained sample become that component's two halves, which keep its mass, mean and covariance) | "
-    "sample (at a badly explained batch sample, with the live components' average covariance)",
-    PLACES,
-)
 EM_MOMENTUM = fraction(0.9, "EMA momentum of the mixture's sufficient statistics")
 POOLED_EPS_REL = nonnegative(
     0.0,

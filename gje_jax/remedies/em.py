@@ -252,8 +252,8 @@ def update(
         return _factor(w, m, c, eps_rel, eps_abs, pooled_eps_rel, pooled_shape)
 
     def split_proposal():
-        w, m, c, _ = reseed.split(k_seed, z, joint, weights, mean, cov, dead)
-        return w, m, c, factor(w, m, c)
+        w, m, c, changed = reseed.split(k_seed, z, joint, weights, mean, cov, dead)
+        return (w, m, c, factor(w, m, c)), jnp.any(changed)
 
     def sample_proposal():
         # At badly explained samples (k-means++ style), with the live components' average covariance.
@@ -269,11 +269,13 @@ def update(
 
     def reseeded(_):
         if reseed_at == "split":
-            return split_proposal(), jnp.ones((), bool)
+            return split_proposal()
         if reseed_at == "sample":
             return sample_proposal(), jnp.zeros((), bool)
-        a, b = split_proposal(), sample_proposal()
-        take = reseed.batch_log_likelihood(z, a[0], a[1], a[3]) > reseed.batch_log_likelihood(z, b[0], b[1], b[3])
+        (a, did_split), b = split_proposal(), sample_proposal()
+        take = did_split & (
+            reseed.batch_log_likelihood(z, a[0], a[1], a[3]) > reseed.batch_log_likelihood(z, b[0], b[1], b[3])
+        )
         return jax.tree.map(lambda x, y: jnp.where(take, x, y), a, b), take
 
     def kept(_):

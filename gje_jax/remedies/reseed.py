@@ -10,10 +10,9 @@ below a threshold. Two places (PLACES):
   component that spans two clusters is what gets divided.
 - 'sample' (`picks`, `earned_weights`): it is moved to a batch sample drawn with
   probability increasing in the sample's NLL under the mixture (k-means++ style: the data
-  the mixture explains worst),
-  given the average covariance of the live components, and enters with the weight it
-  *earns*: its mean responsibility on the batch when it competes at a provisional weight
-  of 1 / K. A component placed on an outlier thus starts near zero instead of taking 1 / K
+  the mixture explains worst), given the average covariance of the live components, and
+  enters with the weight it *earns*: its mean responsibility on the batch when it competes
+  at a provisional weight of 1 / K. A component placed on an outlier thus starts near zero instead of taking 1 / K
   of the prior mass from the components that explain the data. Measured in encoder
   training (synthetic sampling task, online EM), that is also its weakness: a component
   that earns little beside a broad live one dies again before it can take a cluster from
