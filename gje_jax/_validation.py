@@ -75,6 +75,17 @@ def check_finite_if_concrete(x, name: str) -> None:
         raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s) (shape {tuple(np.shape(x))}).")
 
 
+def check_positive_if_concrete(x, name: str) -> None:
+    """Raises ValueError when a concrete `x` holds NaN, Inf or a value <= 0 (no-op on tracers)."""
+    check_finite_if_concrete(x, name)
+    if x is None or not is_concrete(x):
+        return
+    with jax.ensure_compile_time_eval():
+        n_bad = int(jnp.sum(jnp.asarray(x) <= 0))
+    if n_bad:
+        raise ValueError(f"{name} must be positive; {n_bad} value(s) are <= 0 (shape {tuple(np.shape(x))}).")
+
+
 def check_log_weights_if_concrete(x, name: str, allow_all_zero: bool = False) -> None:
     """Like check_finite_if_concrete, but -inf (a zero weight) is allowed, as long as at
     least one entry along the last axis is finite (or, with allow_all_zero, not even that:
@@ -91,10 +102,13 @@ def check_log_weights_if_concrete(x, name: str, allow_all_zero: bool = False) ->
         raise ValueError(f"{name} is -inf everywhere (shape {tuple(x.shape)}): every weight is zero.")
 
 
-def finite_args(*names: str, log_weights: Sequence[str] = (), factors: Sequence[str] = ()):
+def finite_args(
+    *names: str, log_weights: Sequence[str] = (), factors: Sequence[str] = (), positive: Sequence[str] = ()
+):
     """Decorator, put above `jax.jit`: an eager call checks the named array arguments for
     NaN/Inf (`log_weights` ones for NaN, +Inf or all -inf; `factors` for a non-positive
-    diagonal or a non-zero upper triangle) before running; calls on
+    diagonal or a non-zero upper triangle; `positive` ones for NaN, Inf or values <= 0)
+    before running; calls on
     tracers (inside jit, vmap, grad) are not checked.
 
     The check belongs at the public boundary only: library code that has already checked
@@ -116,6 +130,9 @@ def finite_args(*names: str, log_weights: Sequence[str] = (), factors: Sequence[
             for n in factors:
                 if n in bound:
                     check_scale_tril_if_concrete(bound[n], n)
+            for n in positive:
+                if n in bound:
+                    check_positive_if_concrete(bound[n], n)
             return fn(*args, **kwargs)
 
         wrapper.unchecked = fn

@@ -10,7 +10,7 @@ __all__ = ["BEFORE_DECEMBER_2026", "base_config", "clustered_views_train", "with
 
 # The density settings of every method before the December 2026 changes (learned prototype
 # logits without re-seeding, EM's re-seeded components at a sample with 1 / K, a fixed bank
-# tempering, GNG's components at its node positions).
+# tempering and density reweighting, GNG's components at its node positions).
 # Experiments whose tables were made with them and not rerun
 # since (the image tables: no GPU lent; the 40-minute stability run) pin them, so their
 # commands still reproduce their tables.
@@ -20,6 +20,7 @@ BEFORE_DECEMBER_2026 = dict(
     reseed_at="sample",
     reseed_weight="uniform",
     bank_ess_target=0.0,
+    bank_reweight="density",
     gng_means="nodes",
 )
 

@@ -38,6 +38,12 @@ def get_config(arg: str = ""):
     # the embeddings by 7-8 (cluster means at norm 10) and the own-density precision at
     # k = 5 was 0.10-0.30; 0.61-0.67 at 30x, 0.26-0.39 at 100-300x (measured, split re-seeding).
     tuning["lr_scale"] = 30.0
+    # The SMC bank's density with a kernel per particle (from its k-th neighbour): the
+    # shared kernel is as wide as the whole embedding cloud in 32-D and its draws land
+    # between the clusters (precision 0.00; 0.78 local). Split-and-merge moves for the SGD
+    # prototypes (one component per cluster).
+    tuning["bank_kernel"] = "local"
+    tuning["split_merge"] = True
     c.method_tuning = tuning
     # Components of the post-hoc GMM fitted to each method's embeddings (the clusters of the
     # synthetic part; the image recipes' K).

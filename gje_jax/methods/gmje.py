@@ -14,7 +14,8 @@ The state also carries re-seeding (METHOD section 4's dead components, for SGD t
 component whose usage falls below dead_threshold becomes one half of a live component
 split in two (reseed_at='split'), or is moved to a badly explained batch sample with the
 live components' average covariance and the weight it earns ('sample'); see
-`gje_jax.remedies.reseed`. Parameters are never written by `update`: the state holds an
+`gje_jax.remedies.reseed`. split_merge=True adds, while nothing is dead, a split-and-merge
+move (`reseed.merge_split`) kept only where half of the batch it was not fitted on gains. Parameters are never written by `update`: the state holds an
 offset added to them (params + offset is the component), so re-seeding moves a component
 while the optimiser's moments and the gradient (d(params + offset) / d params = 1) stay as
 they were. init='kmeans++' seeds the components the same way from the first batch (not the
@@ -64,6 +65,15 @@ SETTINGS = {
         "sample (at a badly explained batch sample, with the live components' average covariance)",
         reseed.PLACES,
     ).only_when(lambda s: s.reseed, "reseed=True"),
+    "split_merge": Setting(
+        False,
+        "when no component is dead: every step, merge the lightest component into its nearest and split "
+        "the one that best explains a badly explained sample (proposed on half of the batch, kept where the "
+        "other half is more likely). Off by default: on the synthetic sampling task it gave one component "
+        "per cluster but own-density precision 0.66 -> 0.67 only (the components stay ~2x broader than "
+        "their clusters)",
+        "bool",
+    ).only_when(lambda s: s.reseed and s.reseed_at == "split", "reseed=True and reseed_at='split'"),
     "usage_momentum": fraction(0.9, "EMA momentum of the components' usage (mean responsibility)").only_when(
         lambda s: s.prior == "usage" or s.reseed, "prior='usage' or reseed=True"
     ),
@@ -153,6 +163,28 @@ def build(s) -> Method:
         everywhere = jnp.ones((s.num_components,), bool)
         return dict(place(params, state, everywhere, weights, means, scale_tril), initialized=jnp.ones((), bool))
 
+    def _split_merge(params, state, mix, z, joint, usage, key, dead):
+        # Proposed and fitted on half of the batch, judged on the other half: fitted and
+        # judged on one batch, two components beat one on any data (the fit's own gain).
+        # Only where nothing is dead (re-seeding handles that).
+        covs = mix.scale_tril @ jnp.swapaxes(mix.scale_tril, -1, -2)
+        before = usage if not learned else jax.nn.softmax(mix.log_weights)
+        before = before / jnp.sum(before)
+        fit, held = z[0::2], z[1::2]
+        joint_fit = joint[0::2] - jnp.log(jnp.maximum(jax.nn.softmax(mix.log_weights), 1e-30)) + jnp.log(before)
+        weights, means, covs, changed = reseed.merge_split(key, fit, joint_fit, before, mix.means, covs)
+        weights, means, covs = reseed.partial_em(
+            fit, weights, means, covs, changed, eps_rel=s.eps_rel, eps_abs=s.eps_abs
+        )
+        scale_tril = linalg.cholesky(regularize(covs, s.eps_rel, s.eps_abs))
+        gain = reseed.batch_log_likelihood(held, weights, means, scale_tril) - reseed.batch_log_likelihood(
+            held, before, mix.means, mix.scale_tril
+        )
+        moved = ~jnp.any(dead) & (gain > 0)
+        new = place(params, state, changed, weights, means, scale_tril)
+        new = dict(new, usage=jnp.where(changed, weights, usage) if learned else weights)
+        return jax.tree.map(lambda a, b: jnp.where(moved, a, b), new, state), moved
+
     def update(state, emb, online, key):
         params = online["method"]
         z = emb.joint()
@@ -193,6 +225,9 @@ def build(s) -> Method:
                 # The usage of the live components is what they were measured at.
                 return dict(new, usage=jnp.where(dead, weights, usage) if learned else weights)
 
+            if s.reseed_at == "split" and s.split_merge:
+                state, moved = _split_merge(params, state, mix, z, joint, usage, k_seed, dead)
+                metrics["split_merge"] = moved.astype(jnp.float32)
             state = jax.lax.cond(jnp.any(dead), go, lambda st: st, state)
             metrics["reseeded"] = jnp.sum(dead).astype(jnp.float32)
         return state, metrics

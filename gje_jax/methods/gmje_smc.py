@@ -1,5 +1,11 @@
 """GMJE with an SMC memory bank: the batch is scored against a weighted bank of past joint
-embeddings (a kernel mixture), which is reweighted, resampled and refreshed every step."""
+embeddings (a kernel mixture), which is reweighted, resampled and refreshed every step.
+
+Which density is trained and which one is handed out: the same kernel mixture (the bank's
+particles and weights with the kernel of bank_kernel). Its weights are importance weights
+for the current embeddings' density (bank_reweight='ratio', see `smc.reweight`); the
+kernel that reweights them is the shared one for bank_kernel='local' too (a density
+estimate, not the density handed out)."""
 
 from __future__ import annotations
 
@@ -16,12 +22,21 @@ from gje_jax.settings import choice, fraction, integer, nonnegative, positive
 
 TITLE = "GMJE SMC bank"
 _NLL = ("nll", "both")
+# Kernels whose reweighting factor is the EMA covariance of the batches.
+_EMA_KERNELS = ("shared", "local")
 SETTINGS = {
     "bank_size": integer(4096, "particles in the bank (at least one batch)"),
     "ess_threshold": fraction(0.5, "resample when ESS < ess_threshold x bank_size", low_open=True, high_open=False),
     "resampling": choice("systematic", "resampling scheme", tuple(sorted(SCHEMES))),
     "rejuvenation": nonnegative(0.0, "jitter of resampled particles, in kernel standard deviations"),
     "age_penalty": nonnegative(0.0, "log-weight lost per step of age"),
+    "bank_reweight": choice(
+        "ratio",
+        "ratio: a particle's weight follows the embeddings' density now over that at its insertion "
+        "(importance weights that track a moving density) | density: every step multiplies it by the "
+        "density (the bank sharpens onto the modes, w ~ p^T)",
+        ("ratio", "density"),
+    ),
     "bank_ess_target": fraction(
         0.5,
         "adaptive tempering: reweight by KDE^delta with delta the largest in [0, 1] that keeps the bank's "
@@ -34,9 +49,16 @@ SETTINGS = {
         "shared",
         "kernel: shared (EMA covariance of the batches x Silverman's factor at the bank's capacity) | bank "
         "(the bank's weighted covariance x Silverman's factor at its ESS; on the trap task the embeddings "
-        "shrank 9-13x with it) | isotropic (h I)",
-        ("shared", "bank", "isotropic"),
+        "shrank 9-13x with it) | isotropic (h I) | local (h_m^2 I per particle, h_m from the distance to "
+        "its bank_local_k-th nearest particle; reweighting keeps the shared kernel)",
+        ("shared", "bank", "isotropic", "local"),
     ),
+    "bank_local_k": integer(10, "the local kernel's neighbour rank").only_when(
+        lambda s: s.bank_kernel == "local", "bank_kernel='local'"
+    ),
+    "bank_local_scale": positive(
+        0.3, "the local kernel's draws land about bank_local_scale x the k-th neighbour's distance away"
+    ).only_when(lambda s: s.bank_kernel == "local", "bank_kernel='local'"),
     "bank_bandwidth": positive(0.1, "h of the isotropic kernel").only_when(
         lambda s: s.bank_kernel == "isotropic", "bank_kernel='isotropic'"
     ),
@@ -49,7 +71,9 @@ SETTINGS = {
             lambda s: s.bank_loss in _NLL, "bank_loss='nll' or 'both'"
         )
     ),
-    "momentum": MOMENTUM.only_when(lambda s: s.bank_kernel == "shared", "bank_kernel='shared' (its EMA covariance)"),
+    "momentum": MOMENTUM.only_when(
+        lambda s: s.bank_kernel in _EMA_KERNELS, "bank_kernel='shared' or 'local' (the EMA covariance)"
+    ),
 }
 SMOKE = {"bank_size": 256}
 IDENTITY = ("bank_size",)
@@ -76,7 +100,8 @@ def check(s, config) -> None:
 
 
 def kernel_scale_tril(s, state) -> jax.Array:
-    """Cholesky factor of the bank's kernel covariance H [D, D].
+    """Cholesky factor of the bank's kernel covariance H [D, D] (for bank_kernel='local' the
+    shared kernel that reweighting uses; its density's kernels are `centre_scales`).
 
     Example:
       >>> from gje_jax import methods
@@ -92,6 +117,27 @@ def kernel_scale_tril(s, state) -> jax.Array:
     if s.bank_kernel == "bank":
         return smc.bank_kernel_scale_tril(bank, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
     return smc.kernel_scale_tril(state["stats"].cov, bank.capacity, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
+
+
+def density_kernel(s, state) -> tuple[jax.Array, jax.Array | None]:
+    """The kernels of the bank's density: (shared factor L [D, D], per-particle factors
+    s [M] or None); component m is N(P_m, s_m^2 L L^T).
+
+    Example:
+      >>> from gje_jax import methods
+      >>> from gje_jax.methods.gmje_smc import density_kernel
+      >>> s = methods.default_settings("gmje_smc", bank_size=8, bank_kernel="local", bank_local_k=1)
+      >>> _, state = methods.build(s).init(jax.random.key(0), 1, 1)
+      >>> state["bank"] = gje_jax.remedies.smc.insert(state["bank"], jnp.array([[0.0, 0.0], [3.0, 4.0]]))
+      >>> L, scales = density_kernel(s, state)
+      >>> L.tolist(), round(float(scales[0]), 4)                   # 0.3 x 5 / sqrt(2)
+      ([[1.0, 0.0], [0.0, 1.0]], 1.0607)
+    """
+    if s.bank_kernel == "local":
+        bank: smc.ParticleBank = state["bank"]
+        scales = smc.local_bandwidths(bank, s.bank_local_k, s.bank_local_scale)
+        return jnp.eye(bank.dim, dtype=bank.particles.dtype), scales
+    return kernel_scale_tril(s, state), None
 
 
 def bank_loss(s, state, emb):
@@ -111,7 +157,7 @@ def bank_loss(s, state, emb):
       0.0
     """
     bank: smc.ParticleBank = jax.lax.stop_gradient(state["bank"])
-    scale_tril = jax.lax.stop_gradient(kernel_scale_tril(s, state))
+    scale_tril, scales = jax.lax.stop_gradient(density_kernel(s, state))
     have = bank.size() > 0
     # An empty bank (the first step) scores nothing: uniform placeholder weights keep every
     # intermediate finite, and the mask removes the term.
@@ -119,7 +165,9 @@ def bank_loss(s, state, emb):
     zero = jnp.zeros((), emb.context.dtype)
     nll = contrastive = zero
     if s.bank_loss in _NLL:
-        lp = smc.kernel_conditional_log_prob(emb.context, emb.target, bank.particles, lw, scale_tril)
+        lp = smc.kernel_conditional_log_prob(
+            emb.context, emb.target, bank.particles, lw, scale_tril, centre_scales=scales
+        )
         nll = jnp.where(have, -jnp.mean(lp), 0.0)
     if s.bank_loss in ("contrastive", "both"):
         dc = emb.context.shape[1]
@@ -167,25 +215,30 @@ def build(s) -> Method:
             rejuvenation=s.rejuvenation,
             tempering=s.bank_tempering,
             ess_target=s.bank_ess_target,
+            incremental=s.bank_reweight == "ratio",
         )
         return {"bank": bank, "stats": stats}, metrics
 
     def density(params, state):
-        # The kernel mixture as a GaussianMixture with one shared factor (M components).
-        # This broadcasts the factor to [M, D, D]: meant for inspection of small banks
-        # (the loss never builds it; `sampler` draws without it).
+        # The kernel mixture as a GaussianMixture (M components). This builds [M, D, D]
+        # factors: meant for inspection of small banks (the loss never builds it;
+        # `sampler` draws without it).
         bank = state["bank"]
-        scale_tril = kernel_scale_tril(s, state)
-        return GaussianMixture(
-            bank.log_weights, bank.particles, jnp.broadcast_to(scale_tril, (bank.capacity,) + scale_tril.shape)
-        )
+        scale_tril, scales = density_kernel(s, state)
+        factors = jnp.broadcast_to(scale_tril, (bank.capacity,) + scale_tril.shape)
+        if scales is not None:
+            factors = scales[:, None, None] * factors
+        return GaussianMixture(bank.log_weights, bank.particles, factors)
 
     def sampler(params, state, key, n, e):
-        # One shared kernel factor: draw particles, add L eps (no per-particle factors).
+        # Draw particles, add s_m L eps (no per-particle [D, D] factors).
         bank = state["bank"]
-        scale_tril = kernel_scale_tril(s, state)[:e, :e]
+        scale_tril, scales = density_kernel(s, state)
         k1, k2 = jax.random.split(key)
         idx = jax.random.categorical(k1, bank.log_weights, shape=(n,))
-        return bank.particles[idx, :e] + jax.random.normal(k2, (n, e)) @ scale_tril.T
+        noise = jax.random.normal(k2, (n, e)) @ scale_tril[:e, :e].T
+        if scales is not None:
+            noise = scales[idx, None] * noise
+        return bank.particles[idx, :e] + noise
 
     return Method("gmje_smc", init, lambda p, st, emb: bank_loss(s, st, emb), update, density=density, sampler=sampler)

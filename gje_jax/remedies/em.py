@@ -110,17 +110,6 @@ def _factor(weights, means, covs, eps_rel, eps_abs, pooled_eps_rel, pooled_shape
     return linalg.cholesky(regularize(covs, eps_rel, eps_abs) + ridge)
 
 
-def _batch_statistics(z: jax.Array, resp: jax.Array):
-    """Per-component share [K], mean [K, D], covariance [K, D, D] of z weighted by resp
-    [N, K]. The weighted residuals are one [K, N, D] array."""
-    nk = jnp.sum(resp, axis=0)  # [K]
-    safe = jnp.maximum(nk, 1e-12)
-    mean = (resp.T @ z) / safe[:, None]
-    r = z[None] - mean[:, None, :]  # [K, N, D]
-    cov = jnp.einsum("kn,knd,kne->kde", resp.T, r, r) / safe[:, None, None]
-    return nk / z.shape[0], mean, cov
-
-
 def kmeans_moments(key: jax.Array, z: jax.Array, num: int):
     """K-means++ seeds, one hard assignment, per-cluster moments shrunk towards the batch
     covariance (so clusters with few points stay positive definite).
@@ -142,7 +131,7 @@ def kmeans_moments(key: jax.Array, z: jax.Array, num: int):
     centres = z[kmeans_plus_plus(key, z, k)]
     d2 = jnp.sum(z * z, -1, keepdims=True) + jnp.sum(centres * centres, -1) - 2.0 * z @ centres.T
     hard = jax.nn.one_hot(jnp.argmin(d2, axis=1), k, dtype=z.dtype)
-    share, mean, cov = _batch_statistics(z, hard)
+    share, mean, cov = reseed.responsibility_moments(z, hard)
     counts = share * n
     r = z - jnp.mean(z, axis=0)
     glob = (r.T @ r) / n
@@ -234,7 +223,7 @@ def update(
     joint = log_w + comp
     log_p = jax.nn.logsumexp(joint, axis=-1)
     resp = jnp.exp(joint - log_p[:, None])
-    share, mean_b, cov_b = _batch_statistics(z, resp)
+    share, mean_b, cov_b = reseed.responsibility_moments(z, resp)
     a, b = momentum * state.weights, (1.0 - momentum) * share
     tot = jnp.maximum(a + b, 1e-30)
     fa, fb = a / tot, b / tot

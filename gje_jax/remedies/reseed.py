@@ -29,6 +29,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gje_jax import linalg
+from gje_jax.gaussian import regularize
 from gje_jax.mixture import GaussianMixture, component_log_probs
 
 PLACES = ("split", "sample")
@@ -208,3 +210,95 @@ def batch_log_likelihood(z: jax.Array, weights: jax.Array, means: jax.Array, sca
       -0.9189
     """
     return jnp.mean(GaussianMixture(jnp.log(jnp.maximum(weights, 1e-30)), means, scale_tril).log_prob(z))
+
+
+def responsibility_moments(z: jax.Array, resp: jax.Array):
+    """Per-component share [K], mean [K, D], covariance [K, D, D] of z [N, D] weighted by
+    resp [N, K] (the M-step's statistics). The weighted residuals are one [K, N, D] array.
+
+    Example:
+      >>> share, mean, cov = gje_jax.remedies.reseed.responsibility_moments(jnp.array([[0.0], [2.0]]), jnp.ones((2, 1)))
+      >>> share.tolist(), mean.tolist(), cov.tolist()
+      ([1.0], [[1.0]], [[[1.0]]])
+    """
+    nk = jnp.sum(resp, axis=0)  # [K]
+    safe = jnp.maximum(nk, 1e-12)
+    mean = (resp.T @ z) / safe[:, None]
+    r = z[None] - mean[:, None, :]  # [K, N, D]
+    cov = jnp.einsum("kn,knd,kne->kde", resp.T, r, r) / safe[:, None, None]
+    return nk / z.shape[0], mean, cov
+
+
+def partial_em(z, weights, means, covs, changed, iterations: int = 3, eps_rel: float = 1e-4, eps_abs: float = 1e-6):
+    """EM steps on the batch z [N, D] for the `changed` [K] components alone (the others
+    keep their means and covariances; all weights are renormalised): where the halves of a
+    split go once they compete for the data. The covariances are shrunk towards the given
+    ones (D + 2 pseudo-points). -> (weights [K], means [K, D], covs [K, D, D])."""
+
+    def step(_, carry):
+        w, mu, cov = carry
+        comp, _ = component_log_probs(z, mu, linalg.cholesky(regularize(cov, eps_rel, eps_abs)))
+        resp = jax.nn.softmax(jnp.log(jnp.maximum(w, 1e-30)) + comp, axis=-1)
+        share, m_new, c_new = responsibility_moments(z, resp)
+        w = jnp.where(changed, share, w)
+        # A batch holds a few dozen points per component: in D dimensions their scatter is
+        # singular. Shrink it towards the proposal's covariance with D + 2 pseudo-points.
+        n_k = (share * z.shape[0])[:, None, None]
+        prior = jnp.float32(z.shape[1] + 2)
+        c_new = (n_k * c_new + prior * covs) / (n_k + prior)
+        return (
+            w / jnp.sum(w),
+            jnp.where(changed[:, None], m_new, mu),
+            jnp.where(changed[:, None, None], c_new, cov),
+        )
+
+    return jax.lax.fori_loop(0, iterations, step, (weights, means, covs))
+
+
+def merge_split(
+    key: jax.Array, z: jax.Array, log_joint: jax.Array, weights: jax.Array, means: jax.Array, covs: jax.Array
+):
+    """A split-and-merge proposal for a mixture with no dead component: the lightest
+    component j is merged into the component whose responsibilities overlap its own most
+    (moment-matched: the pair's mass, mean and covariance), and the freed slot is re-seeded
+    by `split` (the component that best explains a badly explained sample is halved).
+
+    A component that spans two clusters beside a weak one that holds little is what this
+    repairs: no component dies, so re-seeding never fires. The caller keeps the proposal
+    only where the batch is more likely under it (`batch_log_likelihood`).
+
+    Args:
+      key: PRNG key; z: [N, D]; log_joint: [N, K] log w_k + log N(z_n | k); weights [K]
+      (summing to one), means [K, D], covs [K, D, D].
+
+    Returns:
+      (weights [K], means [K, D], covs [K, D, D], changed [K] bool).
+
+    Example:
+      >>> z = jnp.array([[-3.0], [-3.1], [3.0], [3.1]])              # two clusters
+      >>> w, mu, cov = jnp.array([0.98, 0.02]), jnp.array([[0.0], [0.2]]), jnp.array([[[9.0]], [[1.0]]])
+      >>> joint = jnp.log(w) + jax.scipy.stats.norm.logpdf(z, mu[:, 0], jnp.sqrt(cov[:, 0, 0]))
+      >>> w2, mu2, _, changed = gje_jax.remedies.reseed.merge_split(jax.random.key(0), z, joint, w, mu, cov)
+      >>> np.abs(np.asarray(mu2[:, 0])).round(1).tolist(), np.asarray(w2).round(2).tolist()   # the halves of N(0, 8.9)
+      ([2.4, 2.4], [0.5, 0.5])
+    """
+    weights, means, covs = jnp.asarray(weights), jnp.asarray(means), jnp.asarray(covs)
+    k = weights.shape[0]
+    resp = jax.nn.softmax(log_joint, axis=-1)  # [N, K]
+    j = jnp.argmin(weights)
+    overlap = jnp.where(jnp.arange(k) == j, -jnp.inf, resp[:, j] @ resp)
+    i = jnp.argmax(overlap)
+    wi, wj = weights[i], weights[j]
+    w = wi + wj
+    mu = (wi * means[i] + wj * means[j]) / w
+    second = lambda a: covs[a] + means[a][:, None] * means[a][None, :]  # noqa: E731
+    cov = (wi * second(i) + wj * second(j)) / w - mu[:, None] * mu[None, :]
+    cov = 0.5 * (cov + cov.T)
+    weights = weights.at[i].set(w).at[j].set(0.0)
+    means = means.at[i].set(mu)
+    covs = covs.at[i].set(cov)
+    comp, _ = component_log_probs(z, means[i][None], linalg.cholesky(cov)[None])
+    log_joint = log_joint.at[:, i].set(jnp.log(w) + comp[:, 0]).at[:, j].set(-jnp.inf)
+    dead = jnp.arange(k) == j
+    weights, means, covs, changed = split(key, z, log_joint, weights, means, covs, dead)
+    return weights, means, covs, changed | (jnp.arange(k) == i)

@@ -33,7 +33,9 @@ KDE_CHUNK_ELEMENTS = 1 << 22
 @flax.struct.dataclass
 class ParticleBank:
     """particles [M, D]; log_weights [M] (-inf = empty slot); ages [M] int32 (steps since
-    insertion or resampling); num_resamples [] int32 (a counter, for logging).
+    insertion or resampling); num_resamples [] int32 (a counter, for logging); log_kde [M]
+    (the log-density of the embeddings at each particle when it was last weighted: the
+    denominator of incremental reweighting, see `reweight`).
 
     Example:
       >>> bank = gje_jax.remedies.smc.ParticleBank.empty(capacity=8, dim=2)
@@ -46,6 +48,7 @@ class ParticleBank:
     log_weights: jax.Array
     ages: jax.Array
     num_resamples: jax.Array
+    log_kde: jax.Array
 
     @classmethod
     def empty(cls, capacity: int, dim: int, dtype=jnp.float32) -> ParticleBank:
@@ -56,6 +59,7 @@ class ParticleBank:
             jnp.full((capacity,), -jnp.inf, dtype),
             jnp.zeros((capacity,), jnp.int32),
             jnp.zeros((), jnp.int32),
+            jnp.zeros((capacity,), dtype),
         )
 
     @property
@@ -155,6 +159,51 @@ def unique_particles(bank: ParticleBank) -> jax.Array:
     return jnp.sum(new).astype(jnp.int32)
 
 
+def local_bandwidths(bank: ParticleBank, k: int, scale: float, *, floor: float = 1e-6) -> jax.Array:
+    """Per-particle kernel scales of the sample-point adaptive (local) kernel, N(P_m, h_m^2 I):
+    h_m = scale * r_m / sqrt(D), with r_m the distance from P_m to its k-th nearest other
+    distinct filled particle, so that a kernel draw lands about scale * r_m from its centre
+    (E |h xi|^2 = h^2 D). Copies made by resampling are not neighbours (distance 0); with
+    fewer than k distinct neighbours the farthest one counts. Empty slots get 1. -> [M].
+
+    A shared kernel has one width for the whole bank: on clustered embeddings in 32 D its
+    draws landed between the clusters (sampling precision 0.00). Local widths follow the
+    spacing of the particles where they are.
+
+    Example:
+      >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(4, 1), jnp.array([[0.0], [1.0], [3.0]]))
+      >>> gje_jax.remedies.smc.local_bandwidths(bank, k=1, scale=1.0).tolist()   # nearest neighbour's distance
+      [1.0, 1.0, 2.0, 1.0]
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}.")
+    m, d = bank.capacity, bank.dim
+    k = min(k, max(m - 1, 1))
+    filled = bank.filled
+    p = jax.lax.stop_gradient(bank.particles)
+    p = jnp.where(
+        filled[:, None], p - jnp.sum(jnp.where(filled[:, None], p, 0.0), 0) / jnp.maximum(bank.size(), 1), 0.0
+    )
+    sq = jnp.sum(p * p, axis=-1)
+
+    def chunk(rows):
+        rsq = jnp.sum(rows * rows, -1, keepdims=True)
+        d2 = jnp.maximum(rsq + sq - 2.0 * rows @ p.T, 0.0)
+        # Self, copies and empty slots are no neighbours; "same point" allows the float32
+        # cancellation of the expanded square (relative 1e-6 of the squared norms).
+        same = d2 <= 1e-6 * (rsq + sq)
+        d2 = jnp.where(filled[None, :] & ~same, d2, jnp.inf)
+        near = -jax.lax.top_k(-d2, k)[0]  # [rows, k] ascending
+        finite = jnp.isfinite(near)
+        far = jnp.max(jnp.where(finite, near, -jnp.inf), axis=-1)
+        kth = jnp.where(finite[:, -1], near[:, -1], far)
+        return jnp.where(jnp.isfinite(kth), kth, jnp.float32(d))[:, None]
+
+    d2k = map_over_rows(chunk, p, max(1, KDE_CHUNK_ELEMENTS // m))[:, 0]
+    h = scale * jnp.sqrt(d2k / d)
+    return jnp.where(filled, jnp.maximum(h, floor), 1.0)
+
+
 def adaptive_tempering(log_weights: jax.Array, log_increment: jax.Array, target: float, iters: int = 40) -> jax.Array:
     """The largest exponent delta in [0, 1] for which the weights log_weights + delta *
     log_increment keep ESS >= target * (number of finite entries), by bisection (adaptive
@@ -197,8 +246,11 @@ def adaptive_tempering(log_weights: jax.Array, log_increment: jax.Array, target:
     return jnp.where(ess_fraction(one) >= target, one, lo)
 
 
-def _pairwise_log_kernel(x: jax.Array, centres: jax.Array, log_weights: jax.Array, scale_tril: jax.Array):
-    """log sum_m exp(log_weights_m) N(x_n | centres_m, L L^T) for x [N, D] -> [N].
+def _pairwise_log_kernel(
+    x: jax.Array, centres: jax.Array, log_weights: jax.Array, scale_tril: jax.Array, centre_scales=None
+):
+    """log sum_m exp(log_weights_m) N(x_n | centres_m, s_m^2 L L^T) for x [N, D] -> [N]
+    (s_m = centre_scales [M], or 1).
 
     Whitening by W = L^{-1} turns the kernel isotropic; |u - v|^2 = |u|^2 + |v|^2 - 2 u.v
     after centring both sets on the centres' mean (keeps the cancellation small).
@@ -210,11 +262,15 @@ def _pairwise_log_kernel(x: jax.Array, centres: jax.Array, log_weights: jax.Arra
     v_sq = jnp.sum(v_c * v_c, axis=-1)
     log_norm = -linalg.half_logdet(scale_tril) - 0.5 * d * linalg.LOG_2PI
     m = centres.shape[0]
+    if centre_scales is None:
+        inv_s2, lw = 1.0, log_weights
+    else:
+        inv_s2, lw = 1.0 / jnp.square(centre_scales), log_weights - d * jnp.log(centre_scales)
 
     def chunk(xc):
         u = (xc - shift) @ w.T
         d2 = jnp.maximum(jnp.sum(u * u, axis=-1, keepdims=True) + v_sq - 2.0 * u @ v_c.T, 0.0)  # [n, M]
-        return jax.nn.logsumexp(log_weights - 0.5 * d2, axis=-1, keepdims=True)
+        return jax.nn.logsumexp(lw - 0.5 * d2 * inv_s2, axis=-1, keepdims=True)
 
     out = map_over_rows(chunk, x, max(1, KDE_CHUNK_ELEMENTS // max(m, 1)))
     return out[:, 0] + log_norm
@@ -228,12 +284,25 @@ def _check_kernel(scale_tril, d: int, name: str = "scale_tril") -> jax.Array:
     return scale_tril
 
 
-@v.finite_args("x", "centres", "scale_tril", log_weights=("log_weights",))
+def _check_centre_scales(centre_scales, m: int):
+    if centre_scales is None:
+        return None
+    centre_scales = v.as_float(centre_scales, "centre_scales")
+    if centre_scales.shape != (m,):
+        raise ValueError(f"centre_scales must have shape [M] = {(m,)}, got {tuple(centre_scales.shape)}.")
+    return centre_scales
+
+
+@v.finite_args("x", "centres", "scale_tril", log_weights=("log_weights",), positive=("centre_scales",))
 @jax.jit
 def kernel_log_prob(
-    x: jax.Array, centres: jax.Array, log_weights: jax.Array | None, scale_tril: jax.Array
+    x: jax.Array,
+    centres: jax.Array,
+    log_weights: jax.Array | None,
+    scale_tril: jax.Array,
+    centre_scales: jax.Array | None = None,
 ) -> jax.Array:
-    """Log-density of the kernel mixture sum_m w_m N(x | centres_m, L L^T).
+    """Log-density of the kernel mixture sum_m w_m N(x | centres_m, s_m^2 L L^T).
 
     Args:
       x: [N, D] points.
@@ -241,6 +310,8 @@ def kernel_log_prob(
       log_weights: [M] log-weights (normalised inside; -inf entries are skipped), or
         None for uniform weights.
       scale_tril: [D, D] lower Cholesky factor of the shared kernel covariance.
+      centre_scales: [M] positive per-centre factors s_m (the local kernel,
+        `local_bandwidths`, with scale_tril = I), or None for s = 1.
 
     Returns:
       [N] float32.
@@ -257,11 +328,12 @@ def kernel_log_prob(
         raise ValueError(f"x has D = {x.shape[1]} but centres have D = {centres.shape[1]}.")
     scale_tril = _check_kernel(scale_tril, x.shape[1])
     m = centres.shape[0]
+    centre_scales = _check_centre_scales(centre_scales, m)
     lw = jnp.full((m,), -np.log(m), x.dtype) if log_weights is None else jax.nn.log_softmax(log_weights)
-    return _pairwise_log_kernel(x, centres, lw, scale_tril)
+    return _pairwise_log_kernel(x, centres, lw, scale_tril, centre_scales)
 
 
-@v.finite_args("c", "t", "centres", "scale_tril", log_weights=("log_weights",))
+@v.finite_args("c", "t", "centres", "scale_tril", log_weights=("log_weights",), positive=("centre_scales",))
 @functools.partial(jax.jit, static_argnames=("split",))
 def kernel_conditional_log_prob(
     c: jax.Array,
@@ -270,6 +342,7 @@ def kernel_conditional_log_prob(
     log_weights: jax.Array | None,
     scale_tril: jax.Array,
     split: int | None = None,
+    centre_scales: jax.Array | None = None,
 ) -> jax.Array:
     """log p(t | c) under the kernel mixture over z = [c ; t]:
     log p(c, t) - log p(c), where p(c) uses the leading block L_cc of the kernel factor
@@ -277,7 +350,8 @@ def kernel_conditional_log_prob(
 
     Args:
       c: [N, d_c]; t: [N, d_t]; centres: [M, d_c + d_t]; log_weights: [M] or None;
-      scale_tril: [D, D]; split: d_c (defaults to c.shape[1]).
+      scale_tril: [D, D]; split: d_c (defaults to c.shape[1]); centre_scales: [M] or
+      None (see `kernel_log_prob`).
 
     Returns:
       [N] float32.
@@ -300,9 +374,10 @@ def kernel_conditional_log_prob(
         raise ValueError(f"centres must have shape [M, D] with D = {d}, got {tuple(centres.shape)}.")
     scale_tril = _check_kernel(scale_tril, d)
     m = centres.shape[0]
+    centre_scales = _check_centre_scales(centre_scales, m)
     lw = jnp.full((m,), -np.log(m), z.dtype) if log_weights is None else jax.nn.log_softmax(log_weights)
-    joint = _pairwise_log_kernel(z, centres, lw, scale_tril)
-    marginal = _pairwise_log_kernel(c, centres[:, :split], lw, scale_tril[:split, :split])
+    joint = _pairwise_log_kernel(z, centres, lw, scale_tril, centre_scales)
+    marginal = _pairwise_log_kernel(c, centres[:, :split], lw, scale_tril[:split, :split], centre_scales)
     return joint - marginal
 
 
@@ -326,17 +401,27 @@ def reweight(
     age_penalty: float = 0.0,
     tempering: float = 1.0,
     ess_target: float = 0.0,
+    incremental: bool = True,
 ) -> ParticleBank:
-    """l_m += delta * log KDE_z(P_m) - age_penalty * age_m, renormalised over filled slots.
+    """l_m += delta * (log KDE_z(P_m) - log_kde_m) - age_penalty * age_m, renormalised over
+    filled slots; log_kde_m <- log KDE_z(P_m).
 
-    KDE_z(x) = (1/N) sum_n N(x | z_n, H): particles in regions the current batch
-    occupies gain weight; stale ones lose it. delta in [0, 1] raises the KDE to that power
-    (tempered SMC): in high dimension log KDE differs between particles by hundreds of
-    nats, so with delta = 1 one particle takes all the weight at every step. delta is
-    `tempering`, or with ess_target > 0 the largest exponent that keeps the reweighted
-    bank's ESS at least ess_target times its size (`adaptive_tempering`).
+    KDE_z(x) = (1/N) sum_n N(x | z_n, H) estimates the current density of the embeddings.
+    A particle inserted from the batch of step s was a draw from p_s, so its importance
+    weight for the current density p_t is p_t(P) / p_s(P); the per-step increments
+    log KDE_t(P) - log KDE_{t-1}(P) telescope to exactly that, with log_kde_m holding the
+    last denominator (at insertion: the bank's density at the particle, see `update`).
+    Particles in regions the embeddings leave lose weight; under a stationary density the
+    weights stay near uniform.
 
-    `update` also reports the exponent used (metrics['bank_tempering']).
+    incremental=False adds log KDE_z(P_m) itself every step (METHOD section 7 as first
+    written): the weights become the product of all past KDEs, which concentrates the bank
+    on the modes (w ~ p^T after T steps) and starves the ESS.
+
+    delta in [0, 1] raises the increment to that power (tempered SMC): `tempering`, or with
+    ess_target > 0 the largest exponent that keeps the reweighted bank's ESS at least
+    ess_target times its size (`adaptive_tempering`). `update` reports it
+    (metrics['bank_tempering']).
 
     Example:
       >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(2, 1), jnp.array([[0.0], [5.0]]))
@@ -346,23 +431,72 @@ def reweight(
       >>> new = gje_jax.remedies.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1), ess_target=0.9)
       >>> round(float(new.ess()) / 2, 3)                            # adaptive: the ESS kept at 90%
       0.9
+      >>> full = gje_jax.remedies.smc.reweight(bank, jnp.zeros((8, 1)), jnp.eye(1))
+      >>> again = gje_jax.remedies.smc.reweight(full, jnp.zeros((8, 1)), jnp.eye(1))
+      >>> bool(jnp.allclose(again.log_weights, full.log_weights))   # the same density: no change
+      True
     """
-    return _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target)[0]
+    return _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target, incremental)[0]
 
 
-def _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target) -> tuple[ParticleBank, jax.Array]:
+def _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target, incremental) -> tuple[ParticleBank, jax.Array]:
     z = jax.lax.stop_gradient(v.as_float(z, "z"))
     v.check_number(tempering, "tempering", low=0.0, high=1.0)
     v.check_number(ess_target, "ess_target", low=0.0, high=1.0)
     log_kde = kernel_log_prob(bank.particles, z, None, scale_tril)  # [M]
+    increment = jnp.where(bank.filled, log_kde - bank.log_kde if incremental else log_kde, 0.0)
     base = jnp.where(bank.filled, bank.log_weights - age_penalty * bank.ages.astype(z.dtype), -jnp.inf)
     if v.is_zero(ess_target):
         delta = jnp.asarray(tempering, z.dtype)
     else:
-        delta = adaptive_tempering(base, log_kde, ess_target)
-    lw = base + delta * log_kde
-    reweighted = bank.replace(log_weights=jnp.where(bank.filled, lw, -jnp.inf))
+        delta = adaptive_tempering(base, increment, ess_target)
+    lw = base + delta * increment
+    # Tempered, the weight carries delta of the step's ratio; the denominator moves by the
+    # same fraction so that later increments telescope to the untempered remainder.
+    stored = bank.log_kde + delta * (log_kde - bank.log_kde) if incremental else log_kde
+    reweighted = bank.replace(
+        log_weights=jnp.where(bank.filled, lw, -jnp.inf), log_kde=jnp.where(bank.filled, stored, 0.0)
+    )
     return reweighted.replace(log_weights=reweighted.normalized_log_weights()), delta
+
+
+def _insertion_log_kde(bank: ParticleBank, z: jax.Array, scale_tril: jax.Array) -> jax.Array:
+    """The density of the embeddings at new particles z [N, D]: the (reweighted) bank's
+    kernel density there, an estimate from M particles; while the bank is empty, the
+    leave-one-out KDE of the batch (N >= 2) or the kernel's peak (N = 1).
+
+    A batch's own leave-one-out KDE (N points) is the noisier estimate: in the tails it
+    is often too small, those particles' later ratios too large, and on N(0, I) batches
+    the bank's weighted covariance came out 1.2-1.4 I instead of I (1.03 I with the
+    bank's density; tests/test_resampling_smc.py)."""
+    lw = jnp.where(bank.filled, bank.log_weights, -jnp.inf)
+    have = bank.size() > 0
+    at_bank = kernel_log_prob.unchecked(z, bank.particles, jnp.where(have, lw, 0.0), scale_tril)
+    if z.shape[0] >= 2:
+        fallback = leave_one_out_log_kde(z, scale_tril)
+    else:
+        fallback = jnp.full((1,), -linalg.half_logdet(scale_tril) - 0.5 * z.shape[1] * linalg.LOG_2PI)
+    return jnp.where(have, at_bank, fallback)
+
+
+def leave_one_out_log_kde(z: jax.Array, scale_tril: jax.Array) -> jax.Array:
+    """log (1/(N-1)) sum_{m != n} N(z_n | z_m, H) for each row of z [N, D] -> [N] (N >= 2):
+    the density of z's own batch at each of its points without the point itself.
+
+    Example:
+      >>> lp = gje_jax.remedies.smc.leave_one_out_log_kde(jnp.array([[0.0], [1.0]]), jnp.eye(1))
+      >>> round(float(lp[0]), 4)                                   # log N(0 | 1, 1)
+      -1.4189
+    """
+    z = jax.lax.stop_gradient(v.as_float(z, "z"))
+    n, d = z.shape
+    w = linalg.tril_inverse(scale_tril)
+    u = (z - jnp.mean(z, axis=0)) @ w.T
+    sq = jnp.sum(u * u, axis=-1)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * u @ u.T, 0.0)
+    d2 = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, d2)
+    log_norm = -linalg.half_logdet(scale_tril) - 0.5 * d * linalg.LOG_2PI
+    return jax.nn.logsumexp(-0.5 * d2, axis=-1) - jnp.log(max(n - 1, 1)) + log_norm
 
 
 def resample(
@@ -398,20 +532,27 @@ def resample(
         # Unusable weights give idx = -1 (resampling's invalid marker): NaN particles then,
         # which the train loop's finiteness check stops on, not a wrapped-around copy.
         parts = jnp.take(b.particles, idx, axis=0, mode="fill", fill_value=jnp.nan)
+        log_kde = jnp.take(b.log_kde, idx, axis=0, mode="fill", fill_value=0.0)
         if not v.is_zero(rejuvenation) and scale_tril is not None:
             xi = jax.random.normal(k_jit, parts.shape, parts.dtype)
             parts = parts + rejuvenation * xi @ scale_tril.T
         return ParticleBank(
-            parts, jnp.full((m,), -np.log(m), b.log_weights.dtype), jnp.zeros((m,), jnp.int32), b.num_resamples + 1
+            parts,
+            jnp.full((m,), -np.log(m), b.log_weights.dtype),
+            jnp.zeros((m,), jnp.int32),
+            b.num_resamples + 1,
+            log_kde,
         )
 
     return jax.lax.cond(do, go, lambda b: b, bank), do
 
 
-def insert(bank: ParticleBank, z: jax.Array) -> ParticleBank:
+def insert(bank: ParticleBank, z: jax.Array, log_kde: jax.Array | None = None, oldest: bool = False) -> ParticleBank:
     """Writes the N rows of z into the lowest-weight slots (empty slots, l = -inf, come
     first); new particles get the mean weight of the filled ones (uniform for an empty
-    bank), then all weights are renormalised. Every particle ages by one step.
+    bank), then all weights are renormalised. Every particle ages by one step. log_kde
+    [N] (default 0) is stored as the new particles' density (see `reweight`). oldest=True
+    overwrites the oldest particles (largest age) instead of the lowest weights.
 
     Example:
       >>> bank = gje_jax.remedies.smc.insert(gje_jax.remedies.smc.ParticleBank.empty(6, 2), jnp.zeros((4, 2)))
@@ -432,12 +573,13 @@ def insert(bank: ParticleBank, z: jax.Array) -> ParticleBank:
     lw = bank.normalized_log_weights()
     # Lowest weight first; empty slots tie at the top and top_k takes ties in index
     # order, so an unfilled bank fills like a ring.
-    order = jnp.where(bank.filled, -lw, jnp.inf)
+    order = jnp.where(bank.filled, bank.ages.astype(lw.dtype) if oldest else -lw, jnp.inf)
     _, slots = jax.lax.top_k(order, n)
     particles = bank.particles.at[slots].set(z)
     lw = lw.at[slots].set(mean_lw)
     ages = (bank.ages + 1).at[slots].set(0)
-    out = ParticleBank(particles, lw, ages, bank.num_resamples)
+    dens = bank.log_kde.at[slots].set(jnp.zeros((n,), z.dtype) if log_kde is None else log_kde)
+    out = ParticleBank(particles, lw, ages, bank.num_resamples, dens)
     return out.replace(log_weights=out.normalized_log_weights())
 
 
@@ -453,10 +595,17 @@ def update(
     rejuvenation: float = 0.0,
     tempering: float = 1.0,
     ess_target: float = 0.0,
+    incremental: bool = True,
 ) -> tuple[ParticleBank, dict[str, jax.Array]]:
     """One bank step with the batch z [N, D] (stop-gradient): reweight (with the fixed
-    `tempering`, or the adaptive exponent when ess_target > 0, see `reweight`), resample if
-    the ESS is low, insert. Returns (bank, metrics {'bank_ess' (after reweighting, before
+    `tempering`, or the adaptive exponent when ess_target > 0; incremental or not, see
+    `reweight`), resample if the ESS is low, insert.
+
+    Incremental, the new particles' density (the denominator of their later ratios) is the
+    bank's kernel density at them, and they overwrite the oldest particles: overwriting
+    the lowest weights would keep the particles whose noisy ratios came out high (on N(0,
+    I) batches the bank's weighted covariance was 1.24 I with it, 1.03 I oldest-first).
+    Not incremental (METHOD section 7 as first written), they overwrite the lowest weights. Returns (bank, metrics {'bank_ess' (after reweighting, before
     resampling), 'bank_ess_fraction' (the same over the bank's size), 'bank_tempering' (the
     exponent used), 'bank_unique' (distinct particles after the step), 'bank_size',
     'resampled'}).
@@ -475,13 +624,14 @@ def update(
     v.check_log_weights_if_concrete(bank.log_weights, "bank.log_weights", allow_all_zero=True)  # empty: all -inf
     # A non-positive kernel factor gives NaN kernel values, which empty the bank's weights.
     _check_kernel(scale_tril, bank.dim)
-    bank, delta = _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target)
+    bank, delta = _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target, incremental)
     ess_before = bank.ess()
     size_before = bank.size()
     bank, did = resample(
         bank, key, scheme=scheme, ess_threshold=ess_threshold, rejuvenation=rejuvenation, scale_tril=scale_tril
     )
-    bank = insert(bank, z)
+    own = _insertion_log_kde(bank, z, scale_tril) if incremental else None
+    bank = insert(bank, z, own, oldest=incremental)
     metrics = {
         "bank_ess": ess_before,
         # An empty bank (the first step) has nothing to weigh: its fraction counts as full.
