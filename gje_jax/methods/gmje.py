@@ -15,8 +15,8 @@ component whose usage falls below dead_threshold becomes one half of a live comp
 split in two (reseed_at='split'), or is moved to a badly explained batch sample with the
 live components' average covariance and the weight it earns ('sample'); see
 `gje_jax.remedies.reseed`. split_merge=True adds, while nothing is dead, a split-and-merge
-move (`reseed.merge_split`) kept only where half of the batch it was not fitted on gains. Parameters are never written by `update`: the state holds an
-offset added to them (params + offset is the component), so re-seeding moves a component
+move (`reseed.merge_split`) kept only where half of the batch it was not fitted on gains.
+Parameters are never written by `update`: the state holds an offset added to them (params + offset is the component), so re-seeding moves a component
 while the optimiser's moments and the gradient (d(params + offset) / d params = 1) stay as
 they were. init='kmeans++' seeds the components the same way from the first batch (not the
 default: the first batch's embeddings are an untrained encoder's, and components fitted to

@@ -462,21 +462,22 @@ def _reweight(bank, z, scale_tril, age_penalty, tempering, ess_target, increment
 
 def _insertion_log_kde(bank: ParticleBank, z: jax.Array, scale_tril: jax.Array) -> jax.Array:
     """The density of the embeddings at new particles z [N, D]: the (reweighted) bank's
-    kernel density there, an estimate from M particles; while the bank is empty, the
-    leave-one-out KDE of the batch (N >= 2) or the kernel's peak (N = 1).
+    kernel density there, an estimate from M particles; while the bank is empty (the first
+    step only), the leave-one-out KDE of the batch (N >= 2) or the kernel's peak (N = 1).
 
     A batch's own leave-one-out KDE (N points) is the noisier estimate: in the tails it
-    is often too small, those particles' later ratios too large, and on N(0, I) batches
-    the bank's weighted covariance came out 1.2-1.4 I instead of I (1.03 I with the
-    bank's density; tests/test_resampling_smc.py)."""
-    lw = jnp.where(bank.filled, bank.log_weights, -jnp.inf)
-    have = bank.size() > 0
-    at_bank = kernel_log_prob.unchecked(z, bank.particles, jnp.where(have, lw, 0.0), scale_tril)
-    if z.shape[0] >= 2:
-        fallback = leave_one_out_log_kde(z, scale_tril)
-    else:
-        fallback = jnp.full((1,), -linalg.half_logdet(scale_tril) - 0.5 * z.shape[1] * linalg.LOG_2PI)
-    return jnp.where(have, at_bank, fallback)
+    is often too small and those particles' later ratios too large, which over-weights
+    the tails (tests/test_resampling_smc.py bounds the bank's spread on N(0, I) batches)."""
+
+    def at_bank(_):
+        return kernel_log_prob.unchecked(z, bank.particles, bank.log_weights, scale_tril)
+
+    def own_batch(_):
+        if z.shape[0] >= 2:
+            return leave_one_out_log_kde(z, scale_tril)
+        return jnp.full((1,), -linalg.half_logdet(scale_tril) - 0.5 * z.shape[1] * linalg.LOG_2PI, z.dtype)
+
+    return jax.lax.cond(bank.size() > 0, at_bank, own_batch, None)
 
 
 def leave_one_out_log_kde(z: jax.Array, scale_tril: jax.Array) -> jax.Array:
@@ -603,9 +604,11 @@ def update(
 
     Incremental, the new particles' density (the denominator of their later ratios) is the
     bank's kernel density at them, and they overwrite the oldest particles: overwriting
-    the lowest weights would keep the particles whose noisy ratios came out high (on N(0,
-    I) batches the bank's weighted covariance was 1.24 I with it, 1.03 I oldest-first).
-    Not incremental (METHOD section 7 as first written), they overwrite the lowest weights. Returns (bank, metrics {'bank_ess' (after reweighting, before
+    the lowest weights would keep the particles whose noisy ratios came out high, which
+    over-weights the tails. Not incremental (METHOD section 7 as first written), they
+    overwrite the lowest weights.
+
+    Returns (bank, metrics {'bank_ess' (after reweighting, before
     resampling), 'bank_ess_fraction' (the same over the bank's size), 'bank_tempering' (the
     exponent used), 'bank_unique' (distinct particles after the step), 'bank_size',
     'resampled'}).
