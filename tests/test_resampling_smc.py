@@ -285,6 +285,31 @@ def test_incremental_bank_represents_a_stationary_density():
     assert spread[False] < 0.5, spread
 
 
+def test_incremental_update_leaves_the_ess_at_the_threshold_after_insertion():
+    """A full bank whose oldest particles weigh more than the mean and one young particle
+    more still: overwriting the oldest with mean-weight newcomers drops the ESS under the threshold (checked with `insert` alone);
+    `update` resamples after insertion, so the next step starts at or above it."""
+    m, d, n = 16, 2, 4
+    rng = np.random.default_rng(16)
+    bank = smc.insert(smc.ParticleBank.empty(m, d), jnp.asarray(rng.normal(size=(m, d)), jnp.float32))
+    lw = np.zeros(m)
+    lw[:n] = np.log(2.6)  # heavier than the mean, and oldest
+    lw[n] = np.log(8.2)  # one young particle heavier still
+    bank = bank.replace(
+        log_weights=jnp.asarray(lw - np.log(np.exp(lw).sum()), jnp.float32),
+        ages=jnp.asarray(np.r_[np.full(n, 9), np.zeros(m - n)], jnp.int32),
+    )
+    assert float(bank.ess()) >= 0.5 * m  # the reweighting alone would not resample
+    z = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    alone = smc.insert(bank, z, oldest=True)
+    assert float(alone.ess()) < 0.5 * m  # the hazard the resampling removes
+    # A kernel so wide that the reweighting barely moves the weights (delta = 1 kept).
+    new, metrics = smc.update(bank, z, jax.random.key(0), jnp.asarray(100.0 * np.eye(d), jnp.float32), ess_target=0.5)
+    assert float(metrics["resampled"]) == 1.0
+    assert float(new.ess()) >= 0.5 * m
+    assert int(new.num_resamples) == 1
+
+
 def test_local_bandwidths_match_brute_force():
     rng = np.random.default_rng(15)
     m, d, k, scale = 12, 3, 3, 0.5

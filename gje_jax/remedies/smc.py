@@ -600,7 +600,8 @@ def update(
 ) -> tuple[ParticleBank, dict[str, jax.Array]]:
     """One bank step with the batch z [N, D] (stop-gradient): reweight (with the fixed
     `tempering`, or the adaptive exponent when ess_target > 0; incremental or not, see
-    `reweight`), resample if the ESS is low, insert.
+    `reweight`), resample if the ESS is low, insert (and, incremental, resample again if
+    the insertion left the ESS low).
 
     Incremental, the new particles' density (the denominator of their later ratios) is the
     bank's kernel density at them, and they overwrite the oldest particles: overwriting
@@ -635,6 +636,20 @@ def update(
     )
     own = _insertion_log_kde(bank, z, scale_tril) if incremental else None
     bank = insert(bank, z, own, oldest=incremental)
+    if incremental:
+        # Overwriting the oldest particles can drop the ones that carry the weight, leaving
+        # the ESS under the threshold for the next step, where adaptive tempering can then
+        # only choose 0 (measured: fraction 0.485 against 0.5). Resampling here starts every
+        # step at or above it.
+        bank, again = resample(
+            bank,
+            jax.random.fold_in(key, 1),
+            scheme=scheme,
+            ess_threshold=ess_threshold,
+            rejuvenation=rejuvenation,
+            scale_tril=scale_tril,
+        )
+        did = did | again
     metrics = {
         "bank_ess": ess_before,
         # An empty bank (the first step) has nothing to weigh: its fraction counts as full.
