@@ -500,7 +500,8 @@ def test_a_cli_override_of_a_field_the_method_does_not_have_fails(tmp_path):
 def test_method_lr_scale_multiplies_only_the_methods_updates():
     # SGD at a constant rate without clipping or decay (its schedule's first update is at
     # rate 0, so two steps, both from the initial parameters): the prototypes move lr_scale
-    # times as far as at lr_scale=1, the encoder as far.
+    # times as far as at lr_scale=1, the encoder as far; with cov_lr_scale the Cholesky
+    # factors (raw) move lr_scale x cov_lr_scale times as far, the means lr_scale times.
     import numpy as np
 
     from gje_jax import methods
@@ -508,17 +509,38 @@ def test_method_lr_scale_multiplies_only_the_methods_updates():
     from gje_jax.train.configs import smoke_config
 
     moves = {}
-    for scale in (1.0, 4.0):
+    runs = {"base": {}, "x4": {"lr_scale": 4.0}, "x4_cov": {"lr_scale": 4.0, "cov_lr_scale": 0.25}}
+    for name, tuning in runs.items():
         c = smoke_config("gmje").unlock()
-        c.method = methods.tuned("gmje", smoke=True, lr_scale=scale)
+        c.method = methods.tuned("gmje", smoke=True, **tuning)
         c.optim.update(name="sgd", lr=0.05, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0)
         state, step_fn, source, sharding = loop.setup(c)
         before = jax.tree.map(np.asarray, state.params)
         for step in range(2):
             batch = loop.global_batch(source, c, step, sharding)
             state, _ = loop.run_step(c, step_fn, state, batch, jax.random.key(step))
-        moves[scale] = jax.tree.map(lambda a, b: np.asarray(a) - b, state.params, before)
-    for part, factor in (("method", 4.0), ("encoder", 1.0)):
-        for got, ref in zip(jax.tree.leaves(moves[4.0][part]), jax.tree.leaves(moves[1.0][part])):
-            np.testing.assert_allclose(got, factor * ref, rtol=1e-4, atol=2e-6)  # float32 differences of O(1) params
-    assert np.abs(moves[1.0]["method"]["means"]).max() > 0
+        moves[name] = jax.tree.map(lambda a, b: np.asarray(a) - b, state.params, before)
+    want = {"x4": {"encoder": 4.0**0, "means": 4.0, "raw": 4.0}, "x4_cov": {"encoder": 1.0, "means": 4.0, "raw": 1.0}}
+    for name, factors in want.items():
+        for part, factor in factors.items():
+            got, ref = (
+                (moves[name]["encoder"], moves["base"]["encoder"])
+                if part == "encoder"
+                else (moves[name]["method"][part], moves["base"]["method"][part])
+            )
+            for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+                np.testing.assert_allclose(g, factor * r, rtol=1e-4, atol=2e-6)  # float32 differences of O(1) params
+    assert np.abs(moves["base"]["method"]["means"]).max() > 0
+    assert np.abs(moves["base"]["method"]["raw"]).max() > 0
+
+
+def test_scale_method_lr_rejects_a_part_the_method_does_not_hold():
+    import optax
+
+    from gje_jax.train.optim import scale_method_lr
+
+    tx = scale_method_lr(optax.sgd(0.1), {"prototypes": 2.0})
+    with pytest.raises(ValueError, match="prototypes.*does not hold"):
+        tx.init({"encoder": jnp.ones(2), "method": {"means": jnp.ones(2)}})
+    with pytest.raises(ValueError, match="positive"):
+        scale_method_lr(optax.sgd(0.1), {"means": -1.0})

@@ -38,6 +38,17 @@ def get_config(arg: str = ""):
     # the embeddings by 7-8 (cluster means at norm 10) and the own-density precision at
     # k = 5 was 0.10-0.30; 0.61-0.67 at 30x, 0.26-0.39 at 100-300x (measured, split re-seeding).
     tuning["lr_scale"] = 30.0
+    # ...but their Cholesky factors at the encoder's rate (lr_scale x cov_lr_scale = 1): each
+    # factor entry's noisy Adam steps add spurious variance to every component, and at 30x
+    # the components came out 1.3-2x as broad as their clusters (own-density precision 0.67;
+    # 0.79 / 0.83 / 0.85 with the factors at 9x / 3x / 1x, measured, one run each).
+    tuning["cov_lr_scale"] = 1.0 / tuning["lr_scale"]
+    # The MDN's own density is its conditional through the data's contexts; with the clustered
+    # config's (64,) trunk the conditional was too broad (precision 0.27; 0.46 at (256, 256),
+    # 0.52 at (512, 512); a full covariance 0.07 and a linear skip of the context 0.14 at (64,):
+    # measured, one run each).
+    if arg != "runlocal":
+        tuning["mdn_hidden"] = (512, 512)
     # The SMC bank's density with a kernel per particle (from its k-th neighbour): the
     # shared kernel is as wide as the whole embedding cloud in 32-D and its draws land
     # between the clusters (precision 0.00; 0.78 local). Split-and-merge moves for the SGD

@@ -74,7 +74,8 @@ class Method:
       context embeddings c [N, d_c] (a deterministic predictor's head); None when absent;
     target_momentum: the EMA momentum of a target network the loss reads (None: none);
     lr_scale: multiplier of the learning rate of the method's own parameters
-      (params['method']) relative to the encoder's (`gje_jax.train.optim.scale_method_lr`).
+      (params['method']) relative to the encoder's, or a dict of multipliers per entry of
+      params['method'] (`gje_jax.train.optim.scale_method_lr`).
 
     Example:
       >>> from gje_jax import methods
@@ -96,7 +97,7 @@ class Method:
     sampler: Callable[[Any, Any, jax.Array, int, int], jax.Array] | None = None
     predict: Callable[[Any, Any, jax.Array], jax.Array] | None = None
     target_momentum: float | None = None
-    lr_scale: float = 1.0
+    lr_scale: float | dict[str, float] = 1.0
 
     @property
     def target_network(self) -> bool:

@@ -90,6 +90,12 @@ SETTINGS = {
         "about the learning rate, and embeddings that travel farther than lr x num_steps leave the "
         "prototypes behind",
     ),
+    "cov_lr_scale": positive(
+        1.0,
+        "multiplier of the Cholesky factors' learning rate relative to the means' (lr_scale): every entry "
+        "of a factor takes noisy Adam steps of about its learning rate, which add a floor of spurious "
+        "variance to every component, growing with that rate",
+    ),
     "floor": FLOOR,
 }
 SMOKE = {"num_components": 3}
@@ -232,4 +238,9 @@ def build(s) -> Method:
             metrics["reseeded"] = jnp.sum(dead).astype(jnp.float32)
         return state, metrics
 
-    return Method("gmje", init, loss, update, density=density, lr_scale=s.lr_scale)
+    lr_scale = s.lr_scale
+    if s.cov_lr_scale != 1.0:
+        lr_scale = {"means": s.lr_scale, "raw": s.lr_scale * s.cov_lr_scale}
+        if learned:
+            lr_scale["logits"] = s.lr_scale
+    return Method("gmje", init, loss, update, density=density, lr_scale=lr_scale)

@@ -111,10 +111,13 @@ def with_probe_optimizer(tx: optax.GradientTransformation, probe_lr: float) -> o
     return optax.multi_transform({"ssl": tx, "probe": optax.adam(probe_lr)}, labels)
 
 
-def scale_method_lr(tx: optax.GradientTransformation, scale: float) -> optax.GradientTransformation:
+def scale_method_lr(tx: optax.GradientTransformation, scale) -> optax.GradientTransformation:
     """tx, with the updates of params['method'] (the method's own parameters: prototypes,
     heads) multiplied by `scale`; tx itself when scale is 1. The parameters must be a dict
-    of top-level parts ('encoder', 'method', ...), as the train state holds them.
+    of top-level parts ('encoder', 'method', ...), as the train state holds them. `scale`
+    may also be a dict {name: factor} over the top-level entries of params['method'] (each
+    entry's whole subtree gets its factor; entries not named keep 1); a name that is not
+    there is an error when the optimiser state is built.
 
     Example:
       >>> import optax
@@ -124,11 +127,35 @@ def scale_method_lr(tx: optax.GradientTransformation, scale: float) -> optax.Gra
       >>> updates, _ = tx.update(params, tx.init(params), params)
       >>> [round(float(updates[k][0]), 4) for k in ("encoder", "method")]
       [-0.1, -3.0]
+      >>> tx = scale_method_lr(optax.sgd(0.1), {"means": 30.0, "raw": 3.0})
+      >>> params = {"encoder": jnp.ones(1), "method": {"means": jnp.ones(1), "raw": jnp.ones(1)}}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> [round(float(updates["method"][k][0]), 4) for k in ("means", "raw")]
+      [-3.0, -0.3]
     """
-    if scale == 1.0:
+    per_part = dict(scale) if isinstance(scale, dict) else {None: scale}
+    for name, factor in per_part.items():
+        if not (isinstance(factor, (int, float)) and factor > 0):
+            raise ValueError(
+                f"lr_scale{'' if name is None else f'[{name!r}]'} must be a positive number, got {factor!r}."
+            )
+    per_part = {name: float(f) for name, f in per_part.items() if f != 1.0}
+    if not per_part:
         return tx
 
-    def leaves(params):
-        return {k: jax.tree.map(lambda _, k=k: k == "method", v) for k, v in params.items()}
+    def mask(name):
+        def leaves(params):
+            out = {}
+            for k, v in params.items():
+                if k != "method" or name is None:
+                    out[k] = jax.tree.map(lambda _, hit=k == "method": hit, v)
+                    continue
+                if not isinstance(v, dict) or name not in v:
+                    found = sorted(v) if isinstance(v, dict) else type(v).__name__
+                    raise ValueError(f"lr_scale names {name!r}, which params['method'] does not hold ({found}).")
+                out[k] = {part: jax.tree.map(lambda _, hit=part == name: hit, sub) for part, sub in v.items()}
+            return out
 
-    return optax.chain(tx, optax.masked(optax.scale(scale), leaves))
+        return leaves
+
+    return optax.chain(tx, *(optax.masked(optax.scale(f), mask(name)) for name, f in per_part.items()))
