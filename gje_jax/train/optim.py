@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import ml_collections
 import optax
@@ -135,7 +137,7 @@ def scale_method_lr(tx: optax.GradientTransformation, scale) -> optax.GradientTr
     """
     per_part = dict(scale) if isinstance(scale, dict) else {None: scale}
     for name, factor in per_part.items():
-        if not (isinstance(factor, (int, float)) and factor > 0):
+        if isinstance(factor, bool) or not (isinstance(factor, numbers.Real) and factor > 0):
             raise ValueError(
                 f"lr_scale{'' if name is None else f'[{name!r}]'} must be a positive number, got {factor!r}."
             )
