@@ -16,11 +16,12 @@ split in two (reseed_at='split'), or is moved to a badly explained batch sample 
 live components' average covariance and the weight it earns ('sample'); see
 `gje_jax.remedies.reseed`. split_merge=True adds, while nothing is dead, a split-and-merge
 move (`reseed.merge_split`) kept only where half of the batch it was not fitted on gains.
-Parameters are never written by `update`: the state holds an offset added to them (params + offset is the component), so re-seeding moves a component
-while the optimiser's moments and the gradient (d(params + offset) / d params = 1) stay as
-they were. init='kmeans++' seeds the components the same way from the first batch (not the
-default: the first batch's embeddings are an untrained encoder's, and components fitted to
-them held the main job's SGD prototypes at NLL 0.70 against -0.18 from random ones).
+Parameters are never written by `update`: the state holds an offset added to them (params +
+offset is the component), so re-seeding moves a component while the optimiser's moments
+and the gradient (d(params + offset) / d params = 1) stay as they were. init='kmeans++'
+seeds the components the same way from the first batch (not the default: the first batch's
+embeddings are an untrained encoder's, and components fitted to them held the main job's
+SGD prototypes at NLL 0.70 against -0.18 from random ones).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ SETTINGS = {
         "when no component is dead: every step, merge the lightest component into its nearest and split "
         "the one that best explains a badly explained sample (proposed on half of the batch, kept where the "
         "other half is more likely). Off by default: on the synthetic sampling task it gave one component "
-        "per cluster but own-density precision 0.66 -> 0.67 only (the components stay ~2x broader than "
-        "their clusters)",
+        "per cluster but own-density precision 0.66 -> 0.67 only; the components' breadth was the rest of "
+        "the gap (see cov_lr_scale)",
         "bool",
     ).only_when(lambda s: s.reseed and s.reseed_at == "split", "reseed=True and reseed_at='split'"),
     "usage_momentum": fraction(0.9, "EMA momentum of the components' usage (mean responsibility)").only_when(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -146,18 +147,17 @@ def scale_method_lr(tx: optax.GradientTransformation, scale) -> optax.GradientTr
         return tx
 
     def mask(name):
-        def leaves(params):
-            out = {}
-            for k, v in params.items():
-                if k != "method" or name is None:
-                    out[k] = jax.tree.map(lambda _, hit=k == "method": hit, v)
-                    continue
-                if not isinstance(v, dict) or name not in v:
-                    found = sorted(v) if isinstance(v, dict) else type(v).__name__
-                    raise ValueError(f"lr_scale names {name!r}, which params['method'] does not hold ({found}).")
-                out[k] = {part: jax.tree.map(lambda _, hit=part == name: hit, sub) for part, sub in v.items()}
-            return out
+        # A prefix of the parameter tree: one flag per top-level part (per entry of
+        # params['method'] when a name is given) covers its whole subtree.
+        def prefix(params):
+            if name is None:
+                return {k: k == "method" for k in params}
+            part = params.get("method")
+            if not isinstance(part, Mapping) or name not in part:
+                found = sorted(part) if isinstance(part, Mapping) else type(part).__name__
+                raise ValueError(f"lr_scale names {name!r}, which params['method'] does not hold ({found}).")
+            return {k: {e: e == name for e in part} if k == "method" else False for k in params}
 
-        return leaves
+        return prefix
 
     return optax.chain(tx, *(optax.masked(optax.scale(f), mask(name)) for name, f in per_part.items()))
