@@ -5,7 +5,9 @@ Must run before jax is imported anywhere, which conftest.py guarantees under pyt
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+from tests.helpers import xla_flags  # imports no jax
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(devices=4))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One on-disk compilation cache per test session (created by the xdist controller, which
 # loads this file before it starts the workers; workers, subprocesses and notebook kernels

@@ -381,7 +381,7 @@ def test_debug_flag_is_type_checked():
         config_check.validate(c)
 
 
-def test_stability_report_records_a_diverging_run_instead_of_aborting(tmp_path):
+def test_stability_report_records_a_diverging_run_instead_of_aborting(tmp_path, one_device):
     from experiments import stability
     from experiments.configs import stability as stability_config
 

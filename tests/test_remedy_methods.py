@@ -56,7 +56,7 @@ def test_remedy_four_devices_equal_one_device(method, extra):
 
 
 @pytest.mark.parametrize("method", STATEFUL)
-def test_remedy_state_survives_checkpoint_resume(method, tmp_path):
+def test_remedy_state_survives_checkpoint_resume(method, tmp_path, one_device):
     small_bank = {"method.bank_size": 64} if "bank_size" in methods.module(method).SETTINGS else {}
     config = _config(method, num_steps=6, checkpoint_every=3, **small_bank)
     straight, _ = loop.train(config, str(tmp_path), progress=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gje_jax.train import checkpoint, loop, workdir
-from tests.helpers import train_config
+from tests.helpers import train_config, xla_flags
 
 _config = train_config
 
@@ -40,7 +40,7 @@ def _restore(config, path, step):
         mngr.close()
 
 
-def test_divergence_saves_the_last_finite_state_and_keeps_every_finite_checkpoint(tmp_path):
+def test_divergence_saves_the_last_finite_state_and_keeps_every_finite_checkpoint(tmp_path, one_device):
     config = _diverging()
     with pytest.raises(FloatingPointError, match=r"The update at step (\d+) gave NaN/Inf, first in \[") as e:
         loop.train(config, str(tmp_path / "run"), progress=False)
@@ -122,8 +122,7 @@ def test_two_processes_on_one_workdir_one_is_refused(tmp_path):
         "except workdir.WorkdirError as e:\n"
         "    print('REFUSED', e)\n"
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags()}
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)
     ]
@@ -180,7 +179,7 @@ def test_metrics_are_strict_json():
     assert json.loads(line, parse_constant=refuse) == {"step": 7, "loss": None, "x": None, "y": 1.5}
 
 
-def test_a_resume_with_other_settings_is_recorded_as_a_segment(tmp_path):
+def test_a_resume_with_other_settings_is_recorded_as_a_segment(tmp_path, one_device):
     loop.train(_config("gje", num_steps=4, log_every=2), str(tmp_path), progress=False)
     first = (tmp_path / "config.json").read_text()
     loop.train(_config("gje", num_steps=6, log_every=2), str(tmp_path), progress=False)
@@ -216,7 +215,7 @@ def test_workdir_that_is_a_file_or_not_writable(tmp_path, monkeypatch):
         loop.train(_config("gje", num_steps=2), str(tmp_path / "ro"), progress=False)
 
 
-def test_disk_full_during_a_save_is_one_clear_error(tmp_path, monkeypatch):
+def test_disk_full_during_a_save_is_one_clear_error(tmp_path, monkeypatch, one_device):
     config = _config("gje", num_steps=8, log_every=2, checkpoint_every=2)
     real_save = checkpoint.save
 
@@ -234,7 +233,7 @@ def test_disk_full_during_a_save_is_one_clear_error(tmp_path, monkeypatch):
     assert int(state.step) == 8
 
 
-def test_corrupt_latest_checkpoint_offers_the_earlier_ones(tmp_path):
+def test_corrupt_latest_checkpoint_offers_the_earlier_ones(tmp_path, one_device):
     config = _config("gje", num_steps=10, log_every=5, checkpoint_every=5)
     loop.train(config, str(tmp_path), progress=False)
     for p in (tmp_path / "checkpoints" / "10").rglob("*"):
@@ -401,7 +400,7 @@ def test_run_records_learning_rate_and_load_run(tmp_path, one_device):
         load_run(str(tmp_path / "nothing"))
 
 
-def test_a_checkpoint_holding_nan_is_refused_at_start_up(tmp_path):
+def test_a_checkpoint_holding_nan_is_refused_at_start_up(tmp_path, one_device):
     """A NaN checkpoint (as versions without the step's guard wrote) is refused naming the
     tensor and the earlier steps, instead of a resume whose every update diverges."""
     config = _config("gje", num_steps=8, log_every=2, checkpoint_every=2)

@@ -80,7 +80,24 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
-def test_same_seed_gives_identical_metrics(tmp_path):
+def test_a_restored_state_reuses_the_compiled_step(tmp_path):
+    """Restoring keeps every leaf's placement, so a resumed run's first step is the program
+    the fresh run compiled (an uncommitted divergence record made it compile twice)."""
+    config = _config("gje")
+    state, step_fn, source, sharding = loop.setup(config)
+    batch = loop.global_batch(source, config, 0, sharding)
+    state, _ = step_fn(state, batch, jax.random.key(0))
+    mngr = checkpoint.make_manager(str(tmp_path))
+    checkpoint.save(mngr, 1, state)
+    mngr.wait_until_finished()
+    restored = checkpoint.restore_or_keep(mngr, state)
+    mngr.close()
+    assert int(restored.step) == 1 and int(restored.diverged_at) == -1
+    step_fn(restored, batch, jax.random.key(1))
+    assert step_fn._cache_size() == 1
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, one_device):
     config = _config("gmje", num_steps=5, log_every=1)
     loop.train(config, str(tmp_path / "a"), progress=False)
     loop.train(config, str(tmp_path / "b"), progress=False)
@@ -167,7 +184,7 @@ def test_target_network_with_the_online_weights_gives_the_online_embeddings(proj
     np.testing.assert_allclose(emb.target_ema, emb.target, rtol=1e-5, atol=1e-5)
 
 
-def test_model_field_added_after_a_run_keeps_it_resumable(tmp_path):
+def test_model_field_added_after_a_run_keeps_it_resumable(tmp_path, one_device):
     loop.train(_config("gje", num_steps=2, log_every=1), str(tmp_path), progress=False)
     # A run written before `model.projector_out_norm` existed: its config.json lacks the key.
     with open(tmp_path / "config.json") as f:
@@ -279,12 +296,13 @@ def test_models_forward_backward(encoder, extra, projector):
 
 _TWO_PROCESS = r"""
 import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, os.getcwd())
+from tests.helpers import xla_flags
+os.environ["XLA_FLAGS"] = xla_flags(devices=2)
 import jax, numpy as np
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
-sys.path.insert(0, os.getcwd())
 from tests.test_train import _config, _loss_and_grads
 from jax.sharding import Mesh
 loss, grads = _loss_and_grads(_config("gje"), Mesh(np.asarray(jax.devices()), ("data",)))
@@ -381,7 +399,7 @@ def test_truncated_checkpoint_gives_clear_error_and_is_left_alone(tmp_path):
     assert {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()} == snapshot
 
 
-def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path):
+def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, one_device):
     """A save killed midway leaves orbax's unfinalised temporary directory; resume must
     ignore it, restart from the last complete step and end where an uninterrupted run ends."""
     config = _config("gje", num_steps=4, log_every=1, checkpoint_every=2)
@@ -497,7 +515,7 @@ def test_a_cli_override_of_a_field_the_method_does_not_have_fails(tmp_path):
     assert out.returncode != 0 and "tau" in out.stderr and not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_method_lr_scale_multiplies_only_the_methods_updates():
+def test_method_lr_scale_multiplies_only_the_methods_updates(one_device):
     # SGD at a constant rate without clipping or decay (its schedule's first update is at
     # rate 0, so two steps, both from the initial parameters): the prototypes move lr_scale
     # times as far as at lr_scale=1, the encoder as far, and the Cholesky factors (raw)

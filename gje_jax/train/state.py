@@ -47,7 +47,10 @@ class TrainState(train_state.TrainState):
 
     def restored(self, fields: dict) -> TrainState:
         """This state with checkpointed() fields read back, its divergence record reset."""
-        return self.replace(**fields, diverged_at=jnp.int32(-1), diverged_tensor=jnp.int32(-1))
+        # full_like keeps the fields' placement: an uncommitted jnp.int32(-1) is a different
+        # input type to the jitted step, which then compiled twice in every resumed run.
+        reset = jnp.full_like(self.diverged_at, -1)
+        return self.replace(**fields, diverged_at=reset, diverged_tensor=jnp.full_like(self.diverged_tensor, -1))
 
     def encode(self, x: jax.Array, *, features: bool = False) -> jax.Array:
         """Eval-mode embeddings [B, E] of one context-side view x [B, ...] (running batch-norm
@@ -108,7 +111,7 @@ def create_state(
     if num_classes:
         f = feats.shape[-1]
         params["probe"] = {"kernel": jnp.zeros((f, num_classes)), "bias": jnp.zeros((num_classes,))}
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=network.apply,
         params=params,
         tx=tx,
@@ -117,3 +120,11 @@ def create_state(
         diverged_at=jnp.int32(-1),
         diverged_tensor=jnp.int32(-1),
     )
+    # Checkpoints restore every leaf strongly typed; a weak-typed one here (create's python-int
+    # step) made a resumed run's step a different program from the fresh run's (compiled anew).
+    return jax.tree.map(_strongly_typed, state)
+
+
+def _strongly_typed(x):
+    x = jnp.asarray(x)
+    return x.astype(x.dtype) if x.weak_type else x
