@@ -81,8 +81,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_a_restored_state_reuses_the_compiled_step(tmp_path):
-    """Restoring keeps every leaf's placement, so a resumed run's first step is the program
-    the fresh run compiled (an uncommitted divergence record made it compile twice)."""
+    """Restoring keeps every leaf's placement and type, so a resumed run's step is the program
+    the fresh run compiled (an uncommitted divergence record and a weakly typed fresh step
+    counter each made it a second program)."""
     config = _config("gje")
     state, step_fn, source, sharding = loop.setup(config)
     batch = loop.global_batch(source, config, 0, sharding)

@@ -48,9 +48,12 @@ class TrainState(train_state.TrainState):
     def restored(self, fields: dict) -> TrainState:
         """This state with checkpointed() fields read back, its divergence record reset."""
         # full_like keeps the fields' placement: an uncommitted jnp.int32(-1) is a different
-        # input type to the jitted step, which then compiled twice in every resumed run.
-        reset = jnp.full_like(self.diverged_at, -1)
-        return self.replace(**fields, diverged_at=reset, diverged_tensor=jnp.full_like(self.diverged_tensor, -1))
+        # input type to the jitted step, which then compiled a second program on resume.
+        return self.replace(
+            **fields,
+            diverged_at=jnp.full_like(self.diverged_at, -1),
+            diverged_tensor=jnp.full_like(self.diverged_tensor, -1),
+        )
 
     def encode(self, x: jax.Array, *, features: bool = False) -> jax.Array:
         """Eval-mode embeddings [B, E] of one context-side view x [B, ...] (running batch-norm
