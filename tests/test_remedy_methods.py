@@ -24,7 +24,7 @@ _BUSY = {"bank_size": 64, "ess_threshold": 0.9}
 REMEDIES = [(n, {f"method.{k}": v for k, v in _BUSY.items() if k in methods.module(n).SETTINGS}) for n in STATEFUL] + [
     ("gmje_mdn", {}),
     ("gmje_mdn", {"method.mdn_covariance": "full"}),
-    ("gmje_smc", {"method.bank_loss": "both", "method.bank_kernel": "isotropic", "method.resampling": "residual"}),
+    ("gmje_smc", {"method.bank_loss": "both", "method.bank_kernel": "predictive", "method.resampling": "residual"}),
 ]
 
 

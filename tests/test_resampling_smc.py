@@ -351,3 +351,79 @@ def test_kernel_densities_with_per_centre_scales_match_scipy():
         smc.kernel_log_prob(jnp.asarray(x, jnp.float32), *args, centre_scales=-jnp.ones(m))
     with pytest.raises(ValueError, match=r"\[M\]"):
         smc.kernel_log_prob(jnp.asarray(x, jnp.float32), *args, centre_scales=jnp.ones(m + 1))
+
+
+def _loo_conditional_score(pts, w, dc, h_c, h_t):
+    """sum_i w_i log p_{-i}(t_i | c_i) / sum_i w_i (kernel diag(h_c^2 I, h_t^2 I)) by numpy
+    over all pairs, leaving out i and its copies."""
+    other = np.any(pts[:, None] != pts[None], axis=-1)  # [N, N]: j is not i or a copy of i
+    rc = np.sum((pts[:, None, :dc] - pts[None, :, :dc]) ** 2, -1) / h_c**2
+    rt = np.sum((pts[:, None, dc:] - pts[None, :, dc:]) ** 2, -1) / h_t**2
+    lw = np.where(other, np.log(w)[None], -np.inf)
+    dt = pts.shape[1] - dc
+    ll = logsumexp(lw - 0.5 * (rc + rt), 1) - logsumexp(lw - 0.5 * rc, 1) - dt * np.log(h_t * np.sqrt(2 * np.pi))
+    keep = other.any(1)
+    return np.average(ll[keep], weights=w[keep])
+
+
+def test_fit_bandwidths_maximises_the_leave_one_out_conditional_likelihood():
+    rng = np.random.default_rng(3)
+    n = 150
+    c = rng.uniform(-2, 2, size=(n, 1))
+    t = np.sin(2 * c) + 0.2 * rng.normal(size=(n, 1))
+    pts = np.concatenate([c, t], 1)
+    pts[-1] = pts[0]  # a copy (as resampling makes): not a neighbour of particle 0
+    bank = smc.insert(smc.ParticleBank.empty(n + 10, 2), jnp.asarray(pts, jnp.float32))  # 10 empty slots
+    lw = 0.5 * rng.normal(size=n)
+    bank = bank.replace(log_weights=bank.log_weights.at[:n].set(jnp.asarray(lw, jnp.float32)))
+    w = np.exp(lw - logsumexp(lw))
+    (h_c, h_t), nll = smc.fit_bandwidths(bank, 1, jnp.array([9.0, 9.0]), num_queries=n + 10)
+    fine = np.exp(np.linspace(np.log(0.01), np.log(2.0), 41))
+    ref = np.array([[_loo_conditional_score(pts, w, 1, a, b) for b in fine] for a in fine])
+    # Within 0.01 nats of the best of a fine grid of both widths (the search is coarse-to-
+    # fine with parabolas in log h), and the reported NLL is the score at the widths returned.
+    at = _loo_conditional_score(pts, w, 1, float(h_c), float(h_t))
+    best = np.unravel_index(ref.argmax(), ref.shape)
+    assert at >= ref.max() - 0.01, ((float(h_c), float(h_t)), (fine[best[0]], fine[best[1]]))
+    assert -float(nll) == pytest.approx(at, abs=1e-4)
+    # One width for both loses here: the best single width scores lower.
+    assert np.diag(ref).max() < ref.max() - 0.02
+    # Nothing to leave one out against: the previous widths, no score.
+    for empty in (smc.ParticleBank.empty(8, 3), smc.insert(smc.ParticleBank.empty(8, 3), jnp.ones((5, 3)))):
+        kept, nll0 = smc.fit_bandwidths(empty, 2, jnp.array([9.0, 8.0]))
+        assert np.asarray(kept).tolist() == [9.0, 8.0] and np.isnan(float(nll0))
+    with pytest.raises(ValueError, match="split must be"):
+        smc.fit_bandwidths(bank, 2, jnp.ones(2))
+    with pytest.raises(ValueError, match="previous must have shape"):
+        smc.fit_bandwidths(bank, 1, jnp.ones(3))
+
+
+def test_fit_bandwidths_on_held_out_queries_predicts_new_targets_about_as_well_as_the_best_widths():
+    # A bank of pairs t = 0.8 c + 0.3 eps and a batch of new pairs: the widths fitted to the
+    # batch maximise its conditional likelihood (numpy, a grid of both widths), and on
+    # further fresh pairs they are within 0.02 nats of the best widths.
+    rng = np.random.default_rng(4)
+
+    def pairs(n):
+        c = rng.normal(size=(n, 1))
+        return np.concatenate([c, 0.8 * c + 0.3 * rng.normal(size=(n, 1))], 1).astype(np.float32)
+
+    bank_pts, batch, test = pairs(512), pairs(256), pairs(2000)
+    bank = smc.insert(smc.ParticleBank.empty(600, 2), jnp.asarray(bank_pts))  # 88 empty slots
+    widths, nll = smc.fit_bandwidths(bank, 1, jnp.ones(2), jnp.asarray(batch))
+
+    def numpy_nll(q, h_c, h_t):
+        rc = (q[:, None, 0] - bank_pts[None, :, 0]) ** 2 / h_c**2
+        rt = (q[:, None, 1] - bank_pts[None, :, 1]) ** 2 / h_t**2
+        return -np.mean(logsumexp(-0.5 * (rc + rt), 1) - logsumexp(-0.5 * rc, 1) - np.log(h_t * np.sqrt(2 * np.pi)))
+
+    grid = np.exp(np.linspace(np.log(0.03), np.log(0.8), 21))
+    on_batch = np.array([[numpy_nll(batch, a, b) for b in grid] for a in grid])
+    at = numpy_nll(batch, *np.asarray(widths, np.float64))
+    assert at <= on_batch.min() + 0.005 and float(nll) == pytest.approx(at, abs=1e-4)
+    best_test = min(numpy_nll(test, a, b) for a in grid[::3] for b in grid[::3])
+    assert numpy_nll(test, *np.asarray(widths, np.float64)) <= best_test + 0.02
+    # The true conditional N(0.8 c, 0.3^2) is the floor (its NLL is 0.5 log(2 pi e 0.09)).
+    assert best_test >= 0.5 * np.log(2 * np.pi * np.e * 0.09) - 0.03
+    with pytest.raises(ValueError, match="queries must have shape"):
+        smc.fit_bandwidths(bank, 1, jnp.ones(2), jnp.ones((4, 3)))

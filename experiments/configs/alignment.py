@@ -67,8 +67,7 @@ def get_config(arg: str = ""):
         gng_capacity=16,
         gng_insert_every=50,
         bank_size=2048,
-        bank_kernel="isotropic",
-        bank_bandwidth=0.1,
+        bank_kernel="predictive",
         mdn_hidden=(64,),
     )
     if arg == "full":

@@ -49,9 +49,11 @@ SETTINGS = {
         "shared",
         "kernel: shared (EMA covariance of the batches x Silverman's factor at the bank's capacity) | bank "
         "(the bank's weighted covariance x Silverman's factor at its ESS; on the trap task the embeddings "
-        "shrank 9-13x with it) | isotropic (h I) | local (h_m^2 I per particle, h_m from the distance to "
-        "its bank_local_k-th nearest particle; reweighting keeps the shared kernel)",
-        ("shared", "bank", "isotropic", "local"),
+        "shrank 9-13x with it) | isotropic (h I) | predictive (diag(h_c^2 I, h_t^2 I), the widths under "
+        "which the bank best predicted the last batch's targets from its contexts, see smc.fit_bandwidths) | "
+        "local (h_m^2 I per particle, h_m from the "
+        "distance to its bank_local_k-th nearest particle; reweighting keeps the shared kernel)",
+        ("shared", "bank", "isotropic", "predictive", "local"),
     ),
     "bank_local_k": integer(10, "the local kernel's neighbour rank").only_when(
         lambda s: s.bank_kernel == "local", "bank_kernel='local'"
@@ -114,6 +116,8 @@ def kernel_scale_tril(s, state) -> jax.Array:
     bank: smc.ParticleBank = state["bank"]
     if s.bank_kernel == "isotropic":
         return s.bank_bandwidth * jnp.eye(bank.dim)
+    if s.bank_kernel == "predictive":
+        return jnp.diag(state["bandwidth"])
     if s.bank_kernel == "bank":
         return smc.bank_kernel_scale_tril(bank, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
     return smc.kernel_scale_tril(state["stats"].cov, bank.capacity, eps_rel=s.eps_rel, eps_abs=s.eps_abs)
@@ -197,18 +201,42 @@ def build(s) -> Method:
 
     def init(key, dc, dt):
         d = dc + dt
-        return {}, {"bank": smc.ParticleBank.empty(s.bank_size, d), "stats": gaussian.GaussianStats.zeros(d)}
+        state = {"bank": smc.ParticleBank.empty(s.bank_size, d), "stats": gaussian.GaussianStats.zeros(d)}
+        if s.bank_kernel == "predictive":
+            # Each coordinate's width, h_c on the context's and h_t on the target's: set by
+            # the first update (from the first batch). Only this kernel carries it, so the
+            # other kernels' checkpoints keep their structure.
+            state["bandwidth"] = jnp.ones((d,), jnp.float32)
+        return {}, state
 
     def update(state, emb, online, key):
         z = emb.joint()
         # The EMA statistics are read by the 'shared' kernel only; kept in every state so
         # the state's structure does not depend on the kernel.
         stats = state["stats"].update(z, s.momentum) if s.bank_kernel == "shared" else state["stats"]
+        new = {"bank": state["bank"], "stats": stats}
+        dc = emb.context.shape[1]
+
+        if s.bank_kernel == "predictive":
+            # The widths under which the bank predicts this batch (which it has not seen)
+            # best; the first batch, with an empty bank, by leave-one-out on itself. They
+            # weigh this step's particles and score the next step's batch in the loss.
+            previous = state["bandwidth"][jnp.array([0, -1])]
+            first = smc.insert(smc.ParticleBank.empty(z.shape[0], z.shape[1], z.dtype), z)
+            hc_ht = jax.lax.cond(
+                state["bank"].size() > 0,
+                lambda: smc.fit_bandwidths(state["bank"], dc, previous, z)[0],
+                lambda: smc.fit_bandwidths(first, dc, previous)[0],
+            )
+            new["bandwidth"] = jnp.repeat(hc_ht, jnp.array([dc, z.shape[1] - dc]), total_repeat_length=z.shape[1])
+            metrics_extra = {"bank_bandwidth_c": hc_ht[0], "bank_bandwidth_t": hc_ht[1]}
+        else:
+            metrics_extra = {}
         bank, metrics = smc.update(
             state["bank"],
             z,
             key,
-            kernel_scale_tril(s, {"bank": state["bank"], "stats": stats}),
+            kernel_scale_tril(s, new),
             scheme=s.resampling,
             ess_threshold=s.ess_threshold,
             age_penalty=s.age_penalty,
@@ -217,7 +245,8 @@ def build(s) -> Method:
             ess_target=s.bank_ess_target,
             incremental=s.bank_reweight == "ratio",
         )
-        return {"bank": bank, "stats": stats}, metrics
+        new["bank"] = bank
+        return new, {**metrics, **metrics_extra}
 
     def density(params, state):
         # The kernel mixture as a GaussianMixture (M components). This builds [M, D, D]
