@@ -68,6 +68,9 @@ def get_config(arg: str = ""):
         gng_insert_every=50,
         bank_size=2048,
         bank_kernel="predictive",
+        # Read only with bank_kernel="isotropic" (skipped otherwise): kept so that
+        # --config.method_tuning.bank_kernel=isotropic has a width to use and change.
+        bank_bandwidth=0.1,
         mdn_hidden=(64,),
     )
     if arg == "full":
