@@ -225,6 +225,7 @@ def _parabola_argmax(log_h: jax.Array, scores: jax.Array) -> jax.Array:
     return log_h[k] + jnp.clip(shift, -1.0, 1.0) * (log_h[1] - log_h[0])
 
 
+@functools.partial(jax.jit, static_argnames=("split", "num_queries"))
 def fit_bandwidths(
     bank: ParticleBank, split: int, previous: jax.Array, queries: jax.Array | None = None, *, num_queries: int = 128
 ) -> tuple[jax.Array, jax.Array]:
