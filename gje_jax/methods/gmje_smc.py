@@ -51,8 +51,8 @@ SETTINGS = {
         "(the bank's weighted covariance x Silverman's factor at its ESS; on the trap task the embeddings "
         "shrank 9-13x with it) | isotropic (h I) | predictive (diag(h_c^2 I, h_t^2 I), the widths under "
         "which the bank best predicted the last batch's targets from its contexts, see smc.fit_bandwidths) | "
-        "local (h_m^2 I per particle, h_m from the "
-        "distance to its bank_local_k-th nearest particle; reweighting keeps the shared kernel)",
+        "local (h_m^2 I per particle, h_m from the distance to its bank_local_k-th nearest particle; "
+        "reweighting keeps the shared kernel)",
         ("shared", "bank", "isotropic", "predictive", "local"),
     ),
     "bank_local_k": integer(10, "the local kernel's neighbour rank").only_when(
