@@ -222,11 +222,15 @@ def build(s) -> Method:
             # best; the first batch, with an empty bank, by leave-one-out on itself. They
             # weigh this step's particles and score the next step's batch in the loss.
             previous = state["bandwidth"][jnp.array([0, -1])]
-            first = smc.insert(smc.ParticleBank.empty(z.shape[0], z.shape[1], z.dtype), z)
+
+            def on_the_batch_itself():
+                first = smc.insert(smc.ParticleBank.empty(z.shape[0], z.shape[1], z.dtype), z)
+                return smc.fit_bandwidths(first, dc, previous)[0]
+
             hc_ht = jax.lax.cond(
                 state["bank"].size() > 0,
                 lambda: smc.fit_bandwidths(state["bank"], dc, previous, z)[0],
-                lambda: smc.fit_bandwidths(first, dc, previous)[0],
+                on_the_batch_itself,
             )
             new["bandwidth"] = jnp.repeat(hc_ht, jnp.array([dc, z.shape[1] - dc]), total_repeat_length=z.shape[1])
             metrics_extra = {"bank_bandwidth_c": hc_ht[0], "bank_bandwidth_t": hc_ht[1]}

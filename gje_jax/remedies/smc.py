@@ -238,10 +238,10 @@ def fit_bandwidths(
     p(t | c) is what a bank is asked for (the conditional NLL, the calibration of
     p(t | c)). Two widths, because they do different things there: h_c sets which
     particles a context draws on, h_t how much each one's target is smeared; one width for
-    both over-smeared the targets on the alignment tasks (coverage of the 50% region
-    0.54-0.55). Held-out queries, because a bank holds past embeddings: scored on
-    themselves (leave-one-out) the widths came out narrower than what predicts the
-    encoder's new embeddings (held-out NLL 1.83 against -0.08 on `two_branch`).
+    both over-smeared the targets on the alignment tasks. Held-out queries, because a bank
+    holds past embeddings: scored on themselves (leave-one-out) the widths came out
+    narrower than what predicts the encoder's new embeddings (README, "SMC kernel widths
+    fitted to the next batch").
 
     The search: one width for all coordinates over the bank's spread (root mean weighted
     variance per coordinate) times 2^-k, k = -1 .. 12; then h_t, then h_c, each over
