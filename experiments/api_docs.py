@@ -31,6 +31,7 @@ MODULES = (
     "gje_jax.remedies.smc",
     "gje_jax.remedies.gng",
     "gje_jax.remedies.em",
+    "gje_jax.remedies.reseed",
     "gje_jax.evaluation",
     "gje_jax.calibration",
     "gje_jax.sampling_metrics",

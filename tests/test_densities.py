@@ -457,6 +457,54 @@ def test_sgd_split_merge_moves_only_where_the_batch_gains(data):
         np.testing.assert_array_equal(np.asarray(new.scale_tril), np.asarray(old.scale_tril))
 
 
+def test_em_split_merge_leaves_the_local_optimum_where_one_component_spans_two_clusters():
+    # Three clusters of unequal weight; EM starts with one component spanning the two left
+    # clusters and two identical components sharing the right one. No component is dead, so
+    # re-seeding never fires, and batch EM (momentum 0) keeps the two sharing ones identical
+    # for ever. With split_merge the mixture reaches scikit-learn's best of 10 fits (its
+    # log-likelihood, its means) and the move is then no longer kept.
+    from gje_jax.remedies import em
+
+    rng = np.random.default_rng(3)
+    centres, weights = np.array([[-6.0, 0.0], [-2.0, 1.0], [5.0, -1.0]]), np.array([0.3, 0.3, 0.4])
+    labels = rng.choice(3, size=600, p=weights)
+    z = (centres[labels] + 0.5 * rng.normal(size=(600, 2))).astype(np.float32)
+    left = z[labels < 2]
+    state = em.EMState.create(jax.random.key(0), 3, 2).replace(
+        weights=jnp.array([0.6, 0.2, 0.2]),
+        means=jnp.asarray(np.stack([left.mean(0), centres[2], centres[2]]), jnp.float32),
+        covs=jnp.asarray(np.stack([np.cov(left.T), 0.25 * np.eye(2), 0.25 * np.eye(2)]), jnp.float32),
+        initialized=jnp.ones((), bool),
+    )
+    update = jax.jit(em.update, static_argnames=("momentum", "split_merge"))
+    data = jnp.asarray(z)
+    runs, moves = {}, []
+    for sm in (False, True):
+        st = state
+        for i in range(30):
+            st, metrics = update(st, data, jax.random.key(i), momentum=0.0, split_merge=sm)
+            assert float(metrics["em_reseeded"]) == 0.0
+            if sm:
+                moves.append(float(metrics["em_split_merge"]))
+        runs[sm] = st
+
+    def loglik(st):
+        covs = np.asarray(st.scale_tril, np.float64) @ np.swapaxes(np.asarray(st.scale_tril, np.float64), 1, 2)
+        dens = sum(
+            float(st.weights[k]) * scipy.stats.multivariate_normal(np.asarray(st.means[k], np.float64), covs[k]).pdf(z)
+            for k in range(3)
+        )
+        return float(np.mean(np.log(dens)))
+
+    ref = SkGMM(3, n_init=10, random_state=0).fit(z)
+    best = float(ref.score(z))
+    assert loglik(runs[False]) < best - 0.3, (loglik(runs[False]), best)
+    assert loglik(runs[True]) > best - 0.01, (loglik(runs[True]), best)
+    order = np.argsort(np.asarray(runs[True].means)[:, 0])
+    np.testing.assert_allclose(np.asarray(runs[True].means)[order], ref.means_[np.argsort(ref.means_[:, 0])], atol=0.05)
+    assert moves[0] == 1.0 and sum(moves[-10:]) == 0.0, moves
+
+
 def test_local_bank_sampler_draws_its_density():
     # The bank's density with the local kernel (its GaussianMixture) and its sampler agree:
     # sample moments against the mixture's (numpy), and log-densities against kernel_log_prob.

@@ -72,6 +72,9 @@ def get_config(arg: str = ""):
         # --config.method_tuning.bank_kernel=isotropic has a width to use and change.
         bank_bandwidth=0.1,
         mdn_hidden=(64,),
+        # Off, as by default (online EM and the SGD prototypes read it); here so that
+        # --config.method_tuning.split_merge=True can turn it on (README: measured, it hurt).
+        split_merge=False,
     )
     if arg == "full":
         c.run_tasks = ("two_branch", "k_branch", "ring", "control")

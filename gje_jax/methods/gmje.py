@@ -171,21 +171,22 @@ def build(s) -> Method:
         return dict(place(params, state, everywhere, weights, means, scale_tril), initialized=jnp.ones((), bool))
 
     def _split_merge(params, state, mix, z, joint, usage, key, dead):
-        # Proposed and fitted on half of the batch, judged on the other half: fitted and
-        # judged on one batch, two components beat one on any data (the fit's own gain).
         # Only where nothing is dead (re-seeding handles that).
         covs = mix.scale_tril @ jnp.swapaxes(mix.scale_tril, -1, -2)
         before = usage if not learned else jax.nn.softmax(mix.log_weights)
         before = before / jnp.sum(before)
-        fit, held = z[0::2], z[1::2]
-        joint_fit = joint[0::2] - jnp.log(jnp.maximum(jax.nn.softmax(mix.log_weights), 1e-30)) + jnp.log(before)
-        weights, means, covs, changed = reseed.merge_split(key, fit, joint_fit, before, mix.means, covs)
-        weights, means, covs = reseed.partial_em(
-            fit, weights, means, covs, changed, eps_rel=s.eps_rel, eps_abs=s.eps_abs
-        )
-        scale_tril = linalg.cholesky(regularize(covs, s.eps_rel, s.eps_abs))
-        gain = reseed.batch_log_likelihood(held, weights, means, scale_tril) - reseed.batch_log_likelihood(
-            held, before, mix.means, mix.scale_tril
+        joint = joint - jnp.log(jnp.maximum(jax.nn.softmax(mix.log_weights), 1e-30)) + jnp.log(before)
+        weights, means, covs, scale_tril, changed, gain = reseed.held_out_merge_split(
+            key,
+            z,
+            joint,
+            before,
+            mix.means,
+            covs,
+            mix.scale_tril,
+            lambda w, m, c: linalg.cholesky(regularize(c, s.eps_rel, s.eps_abs)),
+            eps_rel=s.eps_rel,
+            eps_abs=s.eps_abs,
         )
         moved = ~jnp.any(dead) & (gain > 0)
         new = place(params, state, changed, weights, means, scale_tril)

@@ -162,6 +162,7 @@ def update(
     pooled_shape: str = "isotropic",
     reseed_at: str = "best",
     reseed_weight: str = "earned",
+    split_merge: bool = False,
 ) -> tuple[EMState, dict[str, jax.Array]]:
     """One online-EM step on the batch z [N, D] (stop-gradient).
 
@@ -174,7 +175,12 @@ def update(
     earn on the batch (reseed_weight='earned') or 1 / K ('uniform'; 'sample' with
     'uniform' is the behaviour before December 2026); 'best' makes both and keeps the one
     under which the batch is more likely (a split wins where the parent's data is not one
-    Gaussian, e.g. two clusters).
+    Gaussian, e.g. two clusters). split_merge=True adds, at a step where nothing is dead,
+    `reseed.held_out_merge_split` on the M-step's mixture: the lightest component merged into
+    its nearest, the freed slot a half of a split, kept where the half of the batch the move
+    was not fitted on is more likely (than under the unmoved mixture given the same refit).
+    Re-seeding only fires for dead components; a component that spans two clusters beside
+    live ones that share one is the local optimum this leaves.
     The first call on an uninitialised state seeds by k-means++ instead.
 
     Each factor is of Sigma_k + eps I + R with eps = eps_rel tr(Sigma_k) / D + eps_abs and
@@ -184,7 +190,8 @@ def update(
     without it, embeddings trained against the mixture can pack into K tight clusters.
 
     Returns (state, metrics {'em_log_likelihood', 'em_reseeded', 'em_min_weight',
-    'em_split' (1 when this step re-seeded by splitting)}).
+    'em_split' (1 when this step re-seeded by splitting), and with split_merge
+    'em_split_merge' (1 when the move was kept)}).
 
     Example:
       >>> z = jnp.concatenate([jax.random.normal(jax.random.key(0), (256, 2)) - 5, jax.random.normal(jax.random.key(1), (256, 2)) + 5])
@@ -271,8 +278,32 @@ def update(
         return (weights, mean, cov, factor(weights, mean, cov)), jnp.zeros((), bool)
 
     (weights, mean, cov, scale_tril), split = jax.lax.cond(jnp.any(dead), reseeded, kept, None)
+    moved = None
+    if split_merge:
+        if z.shape[0] < 2:
+            raise ValueError(f"split_merge needs a batch of at least 2 (one to fit, one to judge), got {z.shape[0]}.")
+        comp_m, _ = component_log_probs(z, mean, scale_tril)
+        proposal = reseed.held_out_merge_split(
+            jax.random.fold_in(k_seed, 1),
+            z,
+            jnp.log(jnp.maximum(weights, 1e-30)) + comp_m,
+            weights,
+            mean,
+            cov,
+            scale_tril,
+            factor,
+            eps_rel=eps_rel,
+            eps_abs=eps_abs,
+            baseline_em=True,
+        )
+        moved = ~jnp.any(dead) & (proposal[5] > 0)
+        weights, mean, cov, scale_tril = jax.tree.map(
+            lambda a, b: jnp.where(moved, a, b), proposal[:4], (weights, mean, cov, scale_tril)
+        )
     new, metrics = _finish(state, weights, mean, cov, scale_tril, dead, log_p)
     metrics["em_split"] = split.astype(jnp.float32)
+    if moved is not None:
+        metrics["em_split_merge"] = moved.astype(jnp.float32)
     return new, metrics
 
 

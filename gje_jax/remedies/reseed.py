@@ -95,7 +95,7 @@ def earned_weights(
       >>> means = jnp.array([[0.0], [10.0], [0.0]])                 # 1 and 2 re-seeded
       >>> L = jnp.broadcast_to(jnp.eye(1), (3, 1, 1))
       >>> w = gje_jax.remedies.reseed.earned_weights(z, jnp.ones(3) / 3, means, L, jnp.array([False, True, True]), iterations=1)
-      >>> np.asarray(w).round(2).tolist()                           # 2 shares cluster 0 with 0
+      >>> np.asarray(w, float).round(2).tolist()                    # 2 shares cluster 0 with 0
       [0.45, 0.1, 0.45]
     """
     k = weights.shape[0]
@@ -153,7 +153,7 @@ def split(
       >>> z, joint = jnp.zeros((1, 2)), jnp.array([[0.0, -9.0]])       # component 0 explains it
       >>> w, mu, c, s = gje_jax.remedies.reseed.split(jax.random.key(0), z, joint,
       ...     jnp.array([0.99, 0.01]), jnp.zeros((2, 2)), cov, jnp.array([False, True]))
-      >>> np.asarray(w).round(3).tolist(), np.abs(np.asarray(mu[:, 0])).round(3).tolist()   # 2 sqrt(2 / pi)
+      >>> np.asarray(w, float).round(3).tolist(), np.abs(np.asarray(mu[:, 0], float)).round(3).tolist()   # 2 sqrt(2 / pi)
       ([0.5, 0.5], [1.596, 1.596])
       >>> s.tolist()
       [True, True]
@@ -233,7 +233,15 @@ def partial_em(z, weights, means, covs, changed, iterations: int = 3, eps_rel: f
     """EM steps on the batch z [N, D] for the `changed` [K] components alone (the others
     keep their means and covariances; all weights are renormalised): where the halves of a
     split go once they compete for the data. The covariances are shrunk towards the given
-    ones (D + 2 pseudo-points). -> (weights [K], means [K, D], covs [K, D, D])."""
+    ones (D + 2 pseudo-points). -> (weights [K], means [K, D], covs [K, D, D]).
+
+    Example:
+      >>> z = jnp.concatenate([jnp.full((50, 1), -2.0), jnp.full((50, 1), 2.0)])
+      >>> w, mu, cov = gje_jax.remedies.reseed.partial_em(z, jnp.array([0.5, 0.5]), jnp.array([[-1.0], [1.0]]),
+      ...     jnp.ones((2, 1, 1)), jnp.array([False, True]))
+      >>> np.asarray(mu[:, 0], float).round(2).tolist()                # only component 1 moves
+      [-1.0, 2.0]
+    """
 
     def step(_, carry):
         w, mu, cov = carry
@@ -279,7 +287,7 @@ def merge_split(
       >>> w, mu, cov = jnp.array([0.98, 0.02]), jnp.array([[0.0], [0.2]]), jnp.array([[[9.0]], [[1.0]]])
       >>> joint = jnp.log(w) + jax.scipy.stats.norm.logpdf(z, mu[:, 0], jnp.sqrt(cov[:, 0, 0]))
       >>> w2, mu2, _, changed = gje_jax.remedies.reseed.merge_split(jax.random.key(0), z, joint, w, mu, cov)
-      >>> np.abs(np.asarray(mu2[:, 0])).round(1).tolist(), np.asarray(w2).round(2).tolist()   # the halves of N(0, 8.9)
+      >>> np.abs(np.asarray(mu2[:, 0], float)).round(1).tolist(), np.asarray(w2, float).round(2).tolist()   # the halves of N(0, 8.9)
       ([2.4, 2.4], [0.5, 0.5])
     """
     weights, means, covs = jnp.asarray(weights), jnp.asarray(means), jnp.asarray(covs)
@@ -302,3 +310,58 @@ def merge_split(
     dead = jnp.arange(k) == j
     weights, means, covs, changed = split(key, z, log_joint, weights, means, covs, dead)
     return weights, means, covs, changed | (jnp.arange(k) == i)
+
+
+def held_out_merge_split(
+    key: jax.Array,
+    z: jax.Array,
+    log_joint: jax.Array,
+    weights: jax.Array,
+    means: jax.Array,
+    covs: jax.Array,
+    scale_tril: jax.Array,
+    factor,
+    eps_rel: float = 1e-4,
+    eps_abs: float = 1e-6,
+    baseline_em: bool = False,
+):
+    """A `merge_split` move proposed and placed (`partial_em`) on the even rows of the batch
+    and judged on the odd ones: fitted and judged on one batch, two components beat one on
+    any data (the fit's own gain), so only a gain on data the move never saw counts.
+
+    Args:
+      key: PRNG key; z: [N, D] the batch (N >= 2); log_joint: [N, K] log w_k + log N(z_n | k)
+        under the current mixture; weights [K] (summing to one), means [K, D], covs [K, D, D]
+        and scale_tril [K, D, D] (the factors the current mixture scores with): the current
+        mixture; factor: (weights, means, covs) -> scale_tril, how the caller factors a
+        mixture (its ridge); eps_rel, eps_abs: the ridge of `partial_em`'s own factors;
+        baseline_em: judge the move against the current mixture after the same
+        `partial_em` steps on the same components, not against the mixture as it is. Online
+        EM needs it: its state is an EMA that lags the encoder's embeddings, so any refit on
+        the batch beat it and the move was kept at most steps (measured on `k_branch`:
+        held-out NLL 1.85 against 0.31 with the baseline refitted).
+
+    Returns:
+      (weights [K], means [K, D], covs [K, D, D], scale_tril [K, D, D], changed [K] bool,
+      gain []: the mean log-likelihood of the odd rows under the move minus under the
+      current mixture; the caller keeps the move where gain > 0).
+
+    Example:
+      >>> z = jnp.concatenate([jnp.full((8, 1), -3.0), jnp.full((8, 1), 3.0)]) + 0.1 * jax.random.normal(jax.random.key(1), (16, 1))
+      >>> w, mu, cov = jnp.array([0.98, 0.02]), jnp.array([[0.0], [0.2]]), jnp.array([[[9.0]], [[1.0]]])
+      >>> L = jnp.sqrt(cov)
+      >>> joint = jnp.log(w) + jax.scipy.stats.norm.logpdf(z, mu[:, 0], L[:, 0, 0])
+      >>> out = gje_jax.remedies.reseed.held_out_merge_split(jax.random.key(0), z, joint, w, mu, cov, L,
+      ...     lambda w, m, c: jnp.linalg.cholesky(c + 1e-4))
+      >>> sorted(np.asarray(out[1][:, 0], float).round(0).tolist()), bool(out[5] > 0)    # one component per cluster
+      ([-3.0, 3.0], True)
+    """
+    fit, held = z[0::2], z[1::2]
+    new_w, new_mu, new_cov, changed = merge_split(key, fit, log_joint[0::2], weights, means, covs)
+    new_w, new_mu, new_cov = partial_em(fit, new_w, new_mu, new_cov, changed, eps_rel=eps_rel, eps_abs=eps_abs)
+    new_tril = factor(new_w, new_mu, new_cov)
+    if baseline_em:
+        weights, means, covs = partial_em(fit, weights, means, covs, changed, eps_rel=eps_rel, eps_abs=eps_abs)
+        scale_tril = factor(weights, means, covs)
+    gain = batch_log_likelihood(held, new_w, new_mu, new_tril) - batch_log_likelihood(held, weights, means, scale_tril)
+    return new_w, new_mu, new_cov, new_tril, changed, gain
