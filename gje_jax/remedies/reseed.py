@@ -351,8 +351,9 @@ def held_out_merge_split(
       >>> w, mu, cov = jnp.array([0.98, 0.02]), jnp.array([[0.0], [0.2]]), jnp.array([[[9.0]], [[1.0]]])
       >>> L = jnp.sqrt(cov)
       >>> joint = jnp.log(w) + jax.scipy.stats.norm.logpdf(z, mu[:, 0], L[:, 0, 0])
-      >>> out = gje_jax.remedies.reseed.held_out_merge_split(jax.random.key(0), z, joint, w, mu, cov, L,
-      ...     lambda w, m, c: jnp.linalg.cholesky(c + 1e-4))
+      >>> move = jax.jit(lambda *args: gje_jax.remedies.reseed.held_out_merge_split(
+      ...     *args, factor=lambda w, m, c: jnp.linalg.cholesky(c + 1e-4)))
+      >>> out = move(jax.random.key(0), z, joint, w, mu, cov, L)
       >>> sorted(np.asarray(out[1][:, 0], float).round(0).tolist()), bool(out[5] > 0)    # one component per cluster
       ([-3.0, 3.0], True)
     """
