@@ -503,6 +503,8 @@ def test_em_split_merge_leaves_the_local_optimum_where_one_component_spans_two_c
     order = np.argsort(np.asarray(runs[True].means)[:, 0])
     np.testing.assert_allclose(np.asarray(runs[True].means)[order], ref.means_[np.argsort(ref.means_[:, 0])], atol=0.05)
     assert moves[0] == 1.0 and sum(moves[-10:]) == 0.0, moves
+    with pytest.raises(ValueError, match="split_merge needs a batch of at least 2"):
+        em.update(state, data[:1], jax.random.key(0), split_merge=True)
 
 
 def test_local_bank_sampler_draws_its_density():
