@@ -34,6 +34,12 @@ def map_over_rows(fn, x: jax.Array, rows_per_chunk: int) -> jax.Array:
     return out.reshape((-1,) + out.shape[2:])[:n]
 
 
+def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[n, D] x [m, D] -> [n, m] squared Euclidean distances, by the expanded square (one
+    matmul, no [n, m, D] array), clamped at 0 against its float32 cancellation."""
+    return jnp.maximum(jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
 def _chunked(x: jax.Array, rows: int) -> jax.Array:
     """[N, ...] -> [ceil(N / rows), rows, ...], zero-padded at the end."""
     n = x.shape[0]

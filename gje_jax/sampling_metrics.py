@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gje_jax._mahalanobis import squared_distances
+
 
 def _as_2d(name: str, x) -> np.ndarray:
     x = np.asarray(x)
@@ -53,11 +55,7 @@ def _padded(a: np.ndarray, s: int, e: int, chunk: int) -> np.ndarray:
     return block
 
 
-@jax.jit
-def _sq_dists(a, b):
-    """[n, D] x [m, D] -> [n, m] squared Euclidean distances (clamped at 0)."""
-    d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * a @ b.T
-    return jnp.maximum(d, 0.0)
+_sq_dists = jax.jit(squared_distances)
 
 
 # ---- Frechet distance -----------------------------------------------------------------------

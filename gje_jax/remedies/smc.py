@@ -22,7 +22,7 @@ import numpy as np
 
 from gje_jax import _validation as v
 from gje_jax import linalg
-from gje_jax._mahalanobis import map_over_rows
+from gje_jax._mahalanobis import map_over_rows, squared_distances
 from gje_jax.gaussian import regularize
 from gje_jax.remedies import resampling
 
@@ -292,11 +292,8 @@ def fit_bandwidths(
             raise ValueError(f"queries must have shape [N, D] with D = {d}, got {tuple(queries.shape)}.")
         q = jax.lax.stop_gradient(queries) - mean
 
-    def sq_dist(a, b):
-        return jnp.maximum(jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * a @ b.T, 0.0)
-
-    d2c = sq_dist(q[:, :split], p[:, :split])  # [Q, M]
-    d2t = sq_dist(q[:, split:], p[:, split:])
+    d2c = squared_distances(q[:, :split], p[:, :split])  # [Q, M]
+    d2t = squared_distances(q[:, split:], p[:, split:])
     if queries is None:
         # The query itself and its copies (equal up to the expanded square's float32 error).
         norms = jnp.sum(q * q, -1)[:, None] + jnp.sum(p * p, -1)[None, :]
@@ -621,9 +618,7 @@ def leave_one_out_log_kde(z: jax.Array, scale_tril: jax.Array) -> jax.Array:
     n, d = z.shape
     w = linalg.tril_inverse(scale_tril)
     u = (z - jnp.mean(z, axis=0)) @ w.T
-    sq = jnp.sum(u * u, axis=-1)
-    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * u @ u.T, 0.0)
-    d2 = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, d2)
+    d2 = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, squared_distances(u, u))
     log_norm = -linalg.half_logdet(scale_tril) - 0.5 * d * linalg.LOG_2PI
     return jax.nn.logsumexp(-0.5 * d2, axis=-1) - jnp.log(max(n - 1, 1)) + log_norm
 
